@@ -1,0 +1,132 @@
+"""The dispatcher every plugin runs through (the role of Go's pkg/skel).
+
+It owns the protocol: read CNI_* env and stdin, answer VERSION without
+loading the plugin, gate commands by config version, refuse a CNI_NETNS that
+is our own namespace, call the plugin, and print exactly one JSON document —
+the result or the error — on stdout.  Nothing else is ever printed there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Dict, Mapping, NoReturn, Optional, Tuple
+
+from . import version as cniversion
+from .config import config_version, parse_netconf
+from .errors import CNIError, InternalError, InvalidEnvironment, InvalidNetNS
+from .request import Env, Request, parse_env
+
+#: plugin name (argv[0]) -> module in cni_flannel.plugins
+PLUGINS = {
+    "flannel": "flannel",
+    "bridge": "bridge",
+    "host-local": "host_local",
+    "portmap": "portmap",
+    "loopback": "loopback",
+}
+
+_HANDLERS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}
+
+
+def main(plugin: str) -> NoReturn:
+    stdin = _read_stdin()
+    code, out = run(plugin, os.environ, stdin)
+    if out is not None:
+        sys.stdout.write(json.dumps(out))
+        sys.stdout.flush()
+    sys.exit(code)
+
+
+def run(plugin: str, environ: Mapping[str, str], stdin: bytes) -> Tuple[int, Optional[Dict[str, Any]]]:
+    """One invocation, as data: (exit code, JSON to print or None)."""
+    reply_version = cniversion.CURRENT
+    try:
+        env = parse_env(environ)
+        if env.command == "VERSION":
+            return 0, cniversion.version_info(_asked_version(stdin))
+        config = parse_netconf(stdin)
+        reply_version = config.cni_version
+        cniversion.require_allows(config.cni_version, env.command)
+        _check_netns(env, environ)
+        request = Request.build(env, stdin, config)
+        handler = getattr(_load(plugin), _HANDLERS[env.command])
+        result = handler(request)
+        if env.command == "ADD":
+            return 0, result.to_dict(config.cni_version)
+        return 0, None
+    except CNIError as err:
+        _log_error(plugin, err, internal=False)
+        return 1, err.to_dict(reply_version)
+    except Exception as exc:  # a bug: report it as the spec's internal error, keep the traceback in the log
+        _log_error(plugin, exc, internal=True)
+        err = InternalError(f"internal error in {plugin}: {type(exc).__name__}: {exc}", "see the plugin log for the traceback")
+        return 1, err.to_dict(reply_version)
+
+
+def _read_stdin() -> bytes:
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return b""
+        return sys.stdin.buffer.read()
+    except (OSError, ValueError):
+        return b""
+
+
+def _asked_version(stdin: bytes) -> str:
+    """VERSION never fails: a missing or broken stdin just means "current"."""
+    try:
+        return config_version(json.loads(stdin))
+    except Exception:
+        return cniversion.CURRENT
+
+
+def _check_netns(env: Env, environ: Mapping[str, str]) -> None:
+    """ADD and CHECK need an existing namespace that is not our own (code 8)."""
+    if not env.netns:
+        return
+    try:
+        target = os.stat(env.netns)
+    except OSError as exc:
+        if env.command == "DEL":
+            return  # the namespace is gone; DEL still cleans up what it can
+        raise InvalidEnvironment(
+            f"CNI_NETNS {env.netns!r} is not usable: {exc.strerror}",
+            "the container's network namespace does not exist (was the sandbox already removed?)",
+        ) from None
+    if environ.get("CNI_NETNS_OVERRIDE") == "1":
+        return
+    own = os.stat("/proc/self/ns/net")
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise InvalidNetNS(
+            f"CNI_NETNS {env.netns!r} is the plugin's own network namespace",
+            "pass the container's namespace, not the host's",
+        )
+    if env.command != "DEL" and target.st_dev != own.st_dev:
+        raise InvalidEnvironment(
+            f"CNI_NETNS {env.netns!r} is not a network namespace file",
+            "expected a path like /var/run/netns/<name> or /proc/<pid>/ns/net",
+        )
+
+
+def _load(plugin: str) -> Any:
+    import importlib
+
+    module = PLUGINS.get(plugin)
+    if module is None:
+        raise InvalidEnvironment(f"unknown plugin {plugin!r}", f"this binary provides {', '.join(sorted(PLUGINS))}")
+    return importlib.import_module(f"cni_flannel.plugins.{module}")
+
+
+def _log_error(plugin: str, exc: BaseException, internal: bool) -> None:
+    try:
+        from .log import logger
+
+        log = logger()
+        if internal:
+            log.exception("%s: internal error", plugin)
+        else:
+            log.warning("%s: %s", plugin, exc)
+    except Exception:
+        pass  # logging must never turn a clean error into a crash

@@ -1,0 +1,32 @@
+"""Multi-call entry point: the plugin is chosen by the name we were run as.
+
+``/opt/cni/bin/bridge`` runs the bridge plugin; ``cni-flannel bridge`` does too
+(handy by hand).  Kept tiny: it runs for every pod.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn, Optional
+
+
+def plugin_name(argv0: str) -> str:
+    name = os.path.basename(argv0)
+    return name[:-3] if name.endswith(".py") else name
+
+
+def main(argv: Optional[list] = None) -> NoReturn:
+    from .cni.skel import PLUGINS, main as skel_main
+
+    argv = sys.argv if argv is None else argv
+    name = plugin_name(argv[0] if argv else "")
+    if name not in PLUGINS and len(argv) > 1 and argv[1] in PLUGINS:
+        name = argv[1]
+    if name not in PLUGINS and not os.environ.get("CNI_COMMAND"):
+        sys.stderr.write(
+            "cni-flannel: run me as one of: %s (e.g. via a link in /opt/cni/bin),\n"
+            "or as 'cni-flannel <plugin>' with the CNI_* environment set.\n" % ", ".join(sorted(PLUGINS))
+        )
+        sys.exit(2)
+    skel_main(name)  # an unknown name still answers VERSION and gives CNI errors
