@@ -10,9 +10,16 @@ _NAME = "cni-flannel"
 
 
 def logger() -> logging.Logger:
+    """The plugin logger, writing to $CNI_FLANNEL_LOG (default /var/log/cni-flannel.log).
+
+    An unwritable log path silences logging rather than failing the pod.
+    """
+    path = os.environ.get("CNI_FLANNEL_LOG", DEFAULT_PATH)
     log = logging.getLogger(_NAME)
-    if not log.handlers:
-        path = os.environ.get("CNI_FLANNEL_LOG", DEFAULT_PATH)
+    if getattr(log, "_cni_path", None) != path:
+        for old in list(log.handlers):
+            log.removeHandler(old)
+            old.close()
         try:
             handler: logging.Handler = logging.FileHandler(path)
             handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
@@ -21,4 +28,5 @@ def logger() -> logging.Logger:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+        log._cni_path = path  # type: ignore[attr-defined]
     return log

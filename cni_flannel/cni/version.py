@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Tuple
 
 from .errors import DecodeFailure, IncompatibleVersion
@@ -30,7 +31,7 @@ def at_least(version: str, minimum: str) -> bool:
 def require_supported(version: str) -> None:
     if version not in SUPPORTED_VERSIONS:
         raise IncompatibleVersion(
-            f'incompatible CNI versions; config is "{version}", plugin supports {list(SUPPORTED_VERSIONS)}'
+            f'incompatible CNI versions; config is "{version}", plugin supports {json.dumps(list(SUPPORTED_VERSIONS))}'
         )
 
 
