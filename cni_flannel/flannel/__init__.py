@@ -1,0 +1,1 @@
+"""The flannel meta-plugin's pieces: subnet.env, the delegate config, saved configs."""

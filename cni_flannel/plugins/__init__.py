@@ -1,0 +1,1 @@
+"""One module per plugin; each exposes add, check, delete, status and gc taking a Request."""
