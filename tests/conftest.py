@@ -1,0 +1,95 @@
+"""Shared fixtures. Tests under tests/integration are marked ``integration``:
+they need root and working ``ip netns`` and are skipped (with the reason)
+otherwise. Each test gets its own Lab, torn down even when the test fails."""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import pytest
+
+from tests.harness.netns import Lab, Node, Pod, new_prefix, remove_netns, run
+from tests.harness.plugins import PluginsNotBuilt
+from tests.harness.plugins import plugin_dir as _plugin_dir
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "integration: needs root and network namespaces (tests/integration)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if INTEGRATION_DIR in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@functools.lru_cache(maxsize=None)
+def _namespaces_unusable() -> Optional[str]:
+    """Why integration tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "integration tests need root (network and mount namespaces)"
+    probe = f"{new_prefix()}-probe"
+    try:
+        run(["ip", "netns", "add", probe])
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"`ip netns add` does not work here: {exc}"
+    remove_netns(probe)
+    return None
+
+
+def pytest_runtest_setup(item) -> None:
+    if item.get_closest_marker("integration"):
+        reason = _namespaces_unusable()
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def plugin_dir() -> Path:
+    """The plugin executables under test (dist/cni, or source wrappers)."""
+    try:
+        return _plugin_dir()
+    except PluginsNotBuilt as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def lab():
+    """All namespaces of one test; removed afterwards whatever the outcome."""
+    lab = Lab()
+    yield lab
+    lab.close()
+
+
+@pytest.fixture
+def make_node(lab: Lab, request) -> Callable[..., Node]:
+    """make_node(name=None, underlay=False, plugins=True): a fresh node; plugins=True
+    installs plugin_dir() into its /opt/cni/bin, a path installs that dir, False nothing."""
+    def make(name: Optional[str] = None, underlay: bool = False,
+             plugins: Union[bool, str, Path] = True) -> Node:
+        node = lab.add_node(name, underlay=underlay)
+        if plugins is True:
+            plugins = request.getfixturevalue("plugin_dir")
+        if plugins:
+            node.install_plugins(plugins)
+        return node
+    return make
+
+
+@pytest.fixture
+def node(make_node) -> Node:
+    """One node with the plugins under test in /opt/cni/bin."""
+    return make_node()
+
+
+@pytest.fixture
+def pod(request) -> Callable[..., Pod]:
+    """pod(name=None, node=None): a pod netns on node (default: the `node` fixture)."""
+    def make(name: Optional[str] = None, node: Optional[Node] = None) -> Pod:
+        return (node or request.getfixturevalue("node")).add_pod(name)
+    return make
