@@ -1,0 +1,68 @@
+"""Running iptables/nft: clean environment, and the one place their failures
+become CNI errors (TryAgainLater when another writer holds the lock, else
+InternalError carrying the command's stderr)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Dict, List, Sequence
+
+from cni_flannel.cni.errors import InternalError, TryAgainLater
+from cni_flannel.cni.procenv import clean_env
+
+# A runtime may exec us with a minimal PATH; the tools live in sbin.
+_SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin"
+_BUSY = ("xtables lock", "Resource temporarily unavailable", "Device or resource busy")
+TIMEOUT = 60.0
+
+
+def child_env() -> Dict[str, str]:
+    env = clean_env()
+    env["PATH"] = env["PATH"] + ":" + _SBIN_PATH if env.get("PATH") else _SBIN_PATH
+    env["LC_ALL"] = "C"  # we parse their output and messages
+    return env
+
+
+class Runner:
+    """Executes one command; ``prefix`` wraps it (tests: ``ip netns exec <ns>``)."""
+
+    def __init__(self, prefix: Sequence[str] = ()) -> None:
+        self.prefix = tuple(prefix)
+        self.calls = 0  # commands executed, for tests and measurements
+
+    @classmethod
+    def in_netns(cls, name: str) -> "Runner":
+        return cls(("ip", "netns", "exec", name))
+
+    def run(self, argv: Sequence[str], stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
+        """Run argv with stdin; raise a CNI error on failure when check."""
+        self.calls += 1
+        full: List[str] = [*self.prefix, *argv]
+        try:
+            proc = subprocess.run(full, input=stdin.encode(), capture_output=True,
+                                  env=child_env(), timeout=TIMEOUT, cwd="/")
+        except FileNotFoundError:
+            raise InternalError(f"{full[0]} not found; install iptables/nftables on the node",
+                                details=f"PATH={child_env()['PATH']}") from None
+        except subprocess.TimeoutExpired:
+            raise TryAgainLater(f"{' '.join(argv[:2])} did not finish within {TIMEOUT:.0f}s") from None
+        done = subprocess.CompletedProcess(full, proc.returncode, proc.stdout.decode(errors="replace"),
+                                           proc.stderr.decode(errors="replace"))
+        if check and done.returncode != 0:
+            raise command_error(argv, done.returncode, done.stderr, stdin)
+        return done
+
+    def available(self, program: str) -> bool:
+        if self.prefix:
+            return self.run(["sh", "-c", 'command -v "$1"', "sh", program], check=False).returncode == 0
+        path = child_env()["PATH"]
+        return any(os.access(os.path.join(d, program), os.X_OK) for d in path.split(":") if d)
+
+
+def command_error(argv: Sequence[str], rc: int, stderr: str, stdin: str = "") -> Exception:
+    msg = f"{' '.join(argv)} failed (exit {rc}): {stderr.strip() or 'no message'}"
+    details = f"input:\n{stdin}" if stdin else ""
+    if any(s in stderr for s in _BUSY):
+        return TryAgainLater(msg, details=details)
+    return InternalError(msg, details=details)
