@@ -1,0 +1,63 @@
+#!/bin/bash
+# Freeze the plugins into dist/cni/ (see packaging/README.md for the layout and why).
+#
+#   dist/cni/flannel, bridge, host-local, portmap, loopback   one small bootloader executable,
+#                                                             hard-linked under each plugin name
+#   dist/cni/.cni-flannel/                                    the shared bundle (Python runtime,
+#                                                             libraries, our modules as .pyc)
+#
+# The bootloader finds its bundle as "<directory of the executable>/.cni-flannel" (the executable
+# path comes from /proc/self/exe), and Python sees the name it was run as in sys.argv[0], so an
+# entry works wherever it is copied, as long as .cni-flannel/ sits next to it.
+#
+# The build goes to build/ first and replaces dist/cni in two renames, so a concurrent test run
+# never sees a half-written tree.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+PYTHON=${PYTHON:-$root/.venv/bin/python}
+PLUGINS=(flannel bridge host-local portmap loopback)
+bundle=.cni-flannel
+work=$root/build/pyinstaller
+stage=$root/build/stage
+
+rm -rf "$stage"
+mkdir -p "$work" "$stage" "$root/dist"
+
+"$PYTHON" -m PyInstaller --noconfirm --log-level "${PYI_LOG_LEVEL:-WARN}" \
+    --distpath "$stage" --workpath "$work" packaging/cni-flannel.spec
+
+out=$stage/cni
+exe=$out/cni-flannel
+[[ -x $exe && -d $out/$bundle ]] || { echo "build.sh: PyInstaller produced no $exe" >&2; exit 1; }
+
+for name in "${PLUGINS[@]}"; do
+    ln -f "$exe" "$out/$name"
+done
+rm -f "$exe"
+
+# Identity of this build: install.sh uses ENTRY_SHA256 to recognise entries it installed before
+# (so an upgrade may replace them) from binaries that belong to someone else (never replaced).
+{
+    echo "ENTRY_SHA256=$(sha256sum "$out/${PLUGINS[0]}" | cut -d' ' -f1)"
+    echo "PLUGINS=${PLUGINS[*]}"
+    echo "PYTHON=$("$PYTHON" -c 'import platform; print(platform.python_version())')"
+    echo "GLIBC=$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)"
+    echo "SOURCE=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD -- cni_flannel plugins packaging 2>/dev/null || echo -dirty)"
+} >"$out/$bundle/BUILD"
+
+# Smoke test before publishing: every name must answer VERSION.
+for name in "${PLUGINS[@]}"; do
+    reply=$(CNI_COMMAND=VERSION "$out/$name" </dev/null) || { echo "build.sh: $name VERSION failed" >&2; exit 1; }
+    [[ $reply == *'"supportedVersions"'* ]] || { echo "build.sh: $name VERSION said: $reply" >&2; exit 1; }
+done
+
+if [[ -e dist/cni ]]; then
+    rm -rf dist/cni.old
+    mv dist/cni dist/cni.old
+fi
+mv "$out" dist/cni
+rm -rf dist/cni.old "$stage"
+echo "built dist/cni: ${PLUGINS[*]} ($(du -sh dist/cni | cut -f1), $(grep SOURCE dist/cni/$bundle/BUILD))"

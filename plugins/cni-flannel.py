@@ -1,0 +1,1 @@
+from cni_flannel.main import main; main()
