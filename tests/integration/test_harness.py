@@ -12,8 +12,10 @@ import textwrap
 import pytest
 
 from tests.harness import drivers
+from tests.harness.crash import CRASH_ENV, run_until_crash
+from tests.harness.exec import run_plugin
 from tests.harness.netns import NODE_DIRS, Lab, mount_points, netns_names, run
-from tests.harness.plugins import REPO_ROOT, reference_dir
+from tests.harness.plugins import PLUGIN_NAMES, REPO_ROOT, reference_dir
 
 POD_SUBNET = "10.244.1.0/24"
 
@@ -128,6 +130,45 @@ def test_cleanup_command_removes_leftovers():
         assert leftovers(lab.prefix) == []
     finally:
         lab.close()
+
+
+# --- running plugins ------------------------------------------------------------------
+
+# A fake plugin that reports its environment and stdin, and honours the crash hook.
+ENVDUMP = f"""#!{sys.executable}
+import json, os, signal, sys
+if os.environ.get("{CRASH_ENV}") == "after-read":
+    os.kill(os.getpid(), signal.SIGKILL)
+print(json.dumps({{"env": dict(os.environ), "stdin": sys.stdin.read()}}))
+"""
+
+
+def test_run_plugin_gives_a_runtime_environment(make_node):
+    node = make_node(plugins=False)
+    node.write_file("/opt/cni/bin/envdump", ENVDUMP, mode=0o755)
+    run = run_plugin("envdump", "ADD", {"cniVersion": "1.0.0"}, node=node, netns="/x",
+                     cni_args={"IgnoreUnknown": "1", "K": "V"}, env_extra={"CNI_IFNAME": None})
+    assert run.rc == 0 and json.loads(run.json["stdin"]) == {"cniVersion": "1.0.0"}
+    env = run.json["env"]
+    assert env.pop("PATH")
+    env.pop("LC_CTYPE", None)  # set by the fake's own Python (PEP 538), not by run_plugin
+    assert env == {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "cid", "CNI_NETNS": "/x",
+                   "CNI_ARGS": "IgnoreUnknown=1;K=V", "CNI_PATH": "/opt/cni/bin"}
+
+
+def test_crash_hook_reaches_the_plugin(make_node):
+    node = make_node(plugins=False)
+    node.write_file("/opt/cni/bin/envdump", ENVDUMP, mode=0o755)
+    assert run_until_crash("envdump", "ADD", {}, "after-read", node=node).killed
+    with pytest.raises(AssertionError, match="did not crash"):
+        run_until_crash("envdump", "ADD", {}, "elsewhere", node=node)
+
+
+def test_node_fixture_installs_the_plugins_under_test(node):
+    for name in PLUGIN_NAMES:
+        run = run_plugin(name, "VERSION", {"cniVersion": "1.0.0"}, node=node)
+        assert run.rc == 0, run
+        assert "1.0.0" in run.json["supportedVersions"]
 
 
 # --- the Go drivers against Debian's reference plugins --------------------------------
