@@ -40,3 +40,12 @@ def comment_for(network: str, container_id: str) -> str:
 def dnat_comment_for(network: str, container_id: str) -> str:
     """portmap's comment on its entry rules: ``dnat name: "<net>" id: "<cid>"``."""
     return check_comment(f'dnat name: "{network}" id: "{container_id}"'[:255])
+
+
+def nft_comment_for(network: str, ifname: str, container_id: str) -> str:
+    """ipmasq's nftables comment: ``<hash(net)>-<hash(if:id)>, net: N, if: I, id: C``
+    (quotes dropped, at most 128 characters); its first 16 characters find a network's rules."""
+    instance = hash_with_prefix(16, "", network) + "-" + hash_with_prefix(16, "", f"{ifname}:{container_id}")
+    strip = {ord('"'): None}
+    text = f"{instance}, net: {network.translate(strip)}, if: {ifname.translate(strip)}, id: {container_id.translate(strip)}"
+    return check_comment(text[:128])
