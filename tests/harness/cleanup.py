@@ -2,7 +2,8 @@
 
 Deletes every network namespace, /run dir and temp dir named with a harness
 prefix (``cft`` + 4 hex digits; only the given prefixes when some are named),
-e.g. after a killed test run.
+e.g. after a killed test run. Without prefixes it also removes the labs of
+test runs still in progress: do not run it bare while tests run.
 """
 from __future__ import annotations
 
