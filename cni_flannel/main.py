@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn, Optional
 
 
 def plugin_name(argv0: str) -> str:

@@ -24,7 +24,9 @@ NetlinkError, failing iptables/nft) are translated at their own boundary
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+TYPE_CHECKING = False  # typing costs ~10 ms to import; the error path must start fast
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
 
 
 class CNIError(Exception):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, Mapping, NoReturn, Optional, Tuple
-
 from . import version as cniversion
-from .config import config_version, parse_netconf
 from .errors import CNIError, InternalError, InvalidEnvironment, InvalidNetNS
-from .request import Env, Request, parse_env
+
+TYPE_CHECKING = False  # VERSION must not pay for typing/dataclasses: config and request load lazily
+if TYPE_CHECKING:
+    from typing import Any, Dict, Mapping, NoReturn, Optional, Tuple
+
+    from .request import Env
 
 #: plugin name (argv[0]) -> module in cni_flannel.plugins
 PLUGINS = {
@@ -43,9 +45,12 @@ def run(plugin: str, environ: Mapping[str, str], stdin: bytes) -> Tuple[int, Opt
     """One invocation, as data: (exit code, JSON to print or None)."""
     reply_version = cniversion.CURRENT
     try:
-        env = parse_env(environ)
-        if env.command == "VERSION":
+        if environ.get("CNI_COMMAND") == "VERSION":
             return 0, cniversion.version_info(_asked_version(stdin))
+        from .config import parse_netconf
+        from .request import Request, parse_env
+
+        env = parse_env(environ)
         config = parse_netconf(stdin)
         reply_version = config.cni_version
         cniversion.require_allows(config.cni_version, env.command)
@@ -77,7 +82,8 @@ def _read_stdin() -> bytes:
 def _asked_version(stdin: bytes) -> str:
     """VERSION never fails: a missing or broken stdin just means "current"."""
     try:
-        return config_version(json.loads(stdin))
+        asked = json.loads(stdin).get("cniVersion") or cniversion.DEFAULT
+        return asked if isinstance(asked, str) else cniversion.CURRENT
     except Exception:
         return cniversion.CURRENT
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Tuple
+
+TYPE_CHECKING = False  # keep the VERSION path free of typing's import cost
+if TYPE_CHECKING:
+    from typing import Tuple
 
 from .errors import DecodeFailure, IncompatibleVersion
 
-SUPPORTED_VERSIONS: Tuple[str, ...] = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT = "1.1.0"
 #: A config without cniVersion is 0.1.0 (SPEC.md "Version considerations").
 DEFAULT = "0.1.0"
