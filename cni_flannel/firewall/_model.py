@@ -35,7 +35,7 @@ NFT_PRIORITIES = ("raw", "mangle", "dstnat", "filter", "security", "srcnat")
 
 CHAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,27}$")  # iptables allows 28 characters
 TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}$")
 # Printable ASCII without backslash or single quote (iptables-save escapes both); '"' is
 # allowed for the reference comment format and escaped by the iptables renderer.
 COMMENT_RE = re.compile(r'^[ !"#-&(-\[\]-~]{1,255}$')
@@ -64,7 +64,7 @@ def _ifname(what: str, value: str) -> Tuple[bool, str]:
     negated = value.startswith("!")
     name = value[1:] if negated else value
     if not IFNAME_RE.match(name) or name in (".", ".."):
-        raise _bad(what, value, "must be an interface name (letters, digits, '_', '.', '-'; at most 15)")
+        raise _bad(what, value, "must be an interface name (a letter or digit, then letters, digits, '_', '.', '-'; at most 15)")
     return negated, name
 
 
