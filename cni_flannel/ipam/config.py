@@ -117,7 +117,10 @@ def parse_cidr(value: Any, what: str) -> Tuple[IPAddress, int]:
         raise InvalidConfig(f"{what}: {value!r} is not a CIDR (expected e.g. 10.244.1.0/24)")
     if ":" in addr and "." in addr and addr.lower().startswith("::ffff:"):
         raise InvalidConfig(f"{what}: {value!r} mixes an IPv4-mapped address with an IPv6 prefix; write the IPv4 subnet")
-    ip = parse_ip(addr, what)
+    try:
+        ip = parse_ip(addr, what)
+    except InvalidConfig:
+        raise InvalidConfig(f"{what}: {value!r} is not a CIDR (expected e.g. 10.244.1.0/24)") from None
     if int(plen) > ip.max_prefixlen:
         raise InvalidConfig(f"{what}: {value!r} has a prefix longer than /{ip.max_prefixlen}")
     return ip, int(plen)
