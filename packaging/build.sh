@@ -23,6 +23,7 @@ bundle=.cni-flannel
 work=$root/build/pyinstaller
 stage=$root/build/stage
 
+start=$(date +%s)
 rm -rf "$stage"
 mkdir -p "$work" "$stage" "$root/dist"
 
@@ -47,6 +48,9 @@ rm -f "$exe"
     echo "GLIBC=$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)"
     echo "SOURCE=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD -- cni_flannel plugins packaging 2>/dev/null || echo -dirty)"
 } >"$out/$bundle/BUILD"
+# make compares sources against BUILD: date it from the start, so an edit during the build
+# still counts as newer than the build.
+touch -d "@$start" "$out/$bundle/BUILD"
 
 # Smoke test before publishing: every name must answer VERSION.
 for name in "${PLUGINS[@]}"; do
