@@ -51,15 +51,17 @@ def rule_spec(rule: Rule) -> str:
             parts += ["!"] * negated + [flag, name]
     if rule.proto:
         parts += ["-p", rule.proto]
-        if len(rule.dports) == 1:
-            parts += ["-m", rule.proto, "--dport", str(rule.dports[0])]
-        elif rule.dports:
-            parts += ["-m", "multiport", "--dports", ",".join(map(str, rule.dports))]
+    if rule.comment is not None and rule.comment_first:
+        parts += ["-m", "comment", "--comment", quote(rule.comment)]
+    if len(rule.dports) == 1 and not rule.multiport:
+        parts += ["-m", str(rule.proto), "--dport", str(rule.dports[0])]
+    elif rule.dports:
+        parts += ["-m", "multiport", "--dports", ",".join(map(str, rule.dports))]
     if rule.dst_local:
         parts += ["-m", "addrtype", "--dst-type", "LOCAL"]
     if rule.mark is not None:
         parts += ["-m", "mark", "--mark", f"{rule.mark:#x}/{rule.mark:#x}"]
-    if rule.comment is not None:
+    if rule.comment is not None and not rule.comment_first:
         parts += ["-m", "comment", "--comment", quote(rule.comment)]
     parts += ["-j", rule.target]
     if rule.target == "DNAT":

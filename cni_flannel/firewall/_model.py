@@ -109,6 +109,8 @@ class Rule:
     with those bits set, ``set_mark`` (target MARK) sets them. ``insert`` puts
     the rule at the top of a shared chain instead of the end. ``keep`` leaves
     the rule in place on remove (infrastructure shared by many rule sets).
+    ``multiport`` uses ``-m multiport`` even for one port and ``comment_first``
+    puts the comment before the port match (the reference portmap's entry rules).
     """
 
     target: str
@@ -127,6 +129,8 @@ class Rule:
     random_fully: bool = False
     insert: bool = False
     keep: bool = False
+    multiport: bool = False
+    comment_first: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in VERDICTS:
@@ -171,7 +175,7 @@ class Rule:
             _mark("set_mark", self.set_mark)
         if self.random_fully and self.target != "MASQUERADE":
             raise _bad("random_fully", True, "only goes with target MASQUERADE")
-        for flag in ("dst_local", "random_fully", "insert", "keep"):
+        for flag in ("dst_local", "random_fully", "insert", "keep", "multiport", "comment_first"):
             if not isinstance(getattr(self, flag), bool):
                 raise _bad(flag, getattr(self, flag), "must be true or false")
 
