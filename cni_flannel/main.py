@@ -22,13 +22,18 @@ def main(argv: Optional[list] = None) -> NoReturn:
     from .cni.skel import PLUGINS, main as skel_main
 
     argv = sys.argv if argv is None else argv
+    if len(argv) > 1 and argv[1] == "agent" and not os.environ.get("CNI_COMMAND"):
+        from .agent.cli import agent
+
+        agent.main(args=argv[2:], prog_name="cni-flannel agent")
     name = plugin_name(argv[0] if argv else "")
     if name not in PLUGINS and len(argv) > 1 and argv[1] in PLUGINS:
         name = argv[1]
     if name not in PLUGINS and not os.environ.get("CNI_COMMAND"):
         sys.stderr.write(
             "cni-flannel: run me as one of: %s (e.g. via a link in /opt/cni/bin),\n"
-            "or as 'cni-flannel <plugin>' with the CNI_* environment set.\n" % ", ".join(sorted(PLUGINS))
+            "or as 'cni-flannel <plugin>' with the CNI_* environment set,\n"
+            "or as 'cni-flannel agent' to run the resident plugin agent.\n" % ", ".join(sorted(PLUGINS))
         )
         sys.exit(2)
     skel_main(name)  # an unknown name still answers VERSION and gives CNI errors

@@ -93,3 +93,28 @@ def pod(request) -> Callable[..., Pod]:
     def make(name: Optional[str] = None, node: Optional[Node] = None) -> Pod:
         return (node or request.getfixturevalue("node")).add_pod(name)
     return make
+
+
+AGENT_SOCKET = "/run/flannel/cni-agent.sock"
+
+
+def start_agent(node: Node, timeout: float = 20.0) -> subprocess.Popen:
+    """Run the resident plugin agent in ``node`` (from its /opt/cni/bin) until the lab closes."""
+    import time
+
+    proc = node.popen(["/opt/cni/bin/flannel", "agent", "--socket", AGENT_SOCKET],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while not node.exists(AGENT_SOCKET):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"agent did not start: {proc.stderr.read().decode(errors='replace')}")
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture(params=["in-process", "agent"])
+def plugin_path(request, node: Node) -> str:
+    """Runs a test twice: plugins doing the work themselves, and handing it to the agent."""
+    if request.param == "agent":
+        start_agent(node)
+    return request.param

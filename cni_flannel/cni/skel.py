@@ -34,7 +34,12 @@ _HANDLERS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status"
 
 def main(plugin: str) -> NoReturn:
     stdin = _read_stdin()
-    code, out = run(plugin, os.environ, stdin)
+    reply = None
+    if os.environ.get("CNI_COMMAND") in _HANDLERS:
+        from .handoff import try_handoff  # the resident agent, when one runs, saves us the imports
+
+        reply = try_handoff(plugin, os.environ, stdin)
+    code, out = reply if reply is not None else run(plugin, os.environ, stdin)
     if out is not None:
         sys.stdout.write(json.dumps(out))
         sys.stdout.flush()

@@ -1,0 +1,77 @@
+"""The resident agent: same answers and state as the plugin itself, only faster to start."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any, Dict
+
+from tests.conftest import AGENT_SOCKET, start_agent
+from tests.harness.exec import run_plugin
+
+IPAM = {"cniVersion": "1.0.0", "name": "hl", "type": "host-local",
+        "ipam": {"type": "host-local", "subnet": "10.244.7.0/24"}}
+
+
+def _held(node: Any) -> Dict[str, str]:
+    """address -> "containerID ifname" as host-local recorded it."""
+    names = node.run(["ls", "/var/lib/cni/networks/hl"], check=False).stdout.split()
+    return {n: node.read_file(f"/var/lib/cni/networks/hl/{n}").replace("\r\n", " ")
+            for n in names if n.startswith("10.")}
+
+
+def test_agent_and_in_process_give_the_same_results_and_state(node: Any, pod: Any) -> None:
+    p = pod()
+    agent = start_agent(node)
+    via_agent = run_plugin("host-local", "ADD", IPAM, netns=p.path, node=node, container_id="a")
+    in_proc = run_plugin("host-local", "ADD", IPAM, netns=p.path, node=node, container_id="b",
+                         env_extra={"CNI_FLANNEL_AGENT": "off"})
+    assert via_agent.rc == in_proc.rc == 0
+    assert via_agent.json["ips"][0]["address"] == "10.244.7.2/24"
+    assert in_proc.json["ips"][0]["address"] == "10.244.7.3/24"
+    assert set(via_agent.json) == set(in_proc.json)
+    assert _held(node) == {"10.244.7.2": "a eth0", "10.244.7.3": "b eth0"}
+    # errors are the same documents too
+    bad = dict(IPAM, ipam={"type": "host-local", "subnet": "10.244.7.0/33"})
+    err_agent = run_plugin("host-local", "ADD", bad, netns=p.path, node=node, container_id="c")
+    err_proc = run_plugin("host-local", "ADD", bad, netns=p.path, node=node, container_id="c",
+                          env_extra={"CNI_FLANNEL_AGENT": "off"})
+    assert (err_agent.rc, err_agent.json) == (err_proc.rc, err_proc.json) and err_agent.json["code"] == 7
+    for cid in ("a", "b"):
+        assert run_plugin("host-local", "DEL", IPAM, netns=p.path, node=node, container_id=cid).rc == 0
+    assert _held(node) == {}
+    agent.terminate()
+    log = agent.communicate(timeout=10)[1].decode()
+    assert "host-local ADD a exit 0" in log and "host-local DEL b exit 0" in log
+    assert "host-local ADD b" not in log  # CNI_FLANNEL_AGENT=off ran in-process
+    assert not node.exists(AGENT_SOCKET)  # removed on SIGTERM
+
+
+def test_no_agent_means_in_process(node: Any, pod: Any) -> None:
+    p = pod()
+    node.write_file(AGENT_SOCKET, "")  # a stale file, nobody listening
+    run = run_plugin("host-local", "ADD", IPAM, netns=p.path, node=node, container_id="a")
+    assert run.rc == 0 and run.json["ips"][0]["address"] == "10.244.7.2/24"
+
+
+def test_worker_killed_mid_request_kills_the_plugin_too(node: Any, pod: Any) -> None:
+    p = pod()
+    agent = start_agent(node)
+    run = run_plugin("host-local", "ADD", IPAM, netns=p.path, node=node, container_id="a",
+                     env_extra={"CNI_FLANNEL_CRASH_AT": "host-local.reserved"})
+    assert run.killed, run
+    assert agent.poll() is None  # the agent itself lives on
+    again = run_plugin("host-local", "ADD", IPAM, netns=p.path, node=node, container_id="b")
+    assert again.rc == 0
+
+
+def test_agent_refuses_non_root_callers(node: Any, pod: Any) -> None:
+    p = pod()
+    start_agent(node)
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "n", "CNI_NETNS": p.path, "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    # as nobody, the socket (mode 0600) cannot even be opened: the plugin falls back to in-process
+    # and fails there for lack of privileges on /var/lib/cni, never through the agent
+    done = node.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/opt/cni/bin/host-local"],
+                    input=__import__("json").dumps(IPAM), env=env, check=False)
+    assert done.returncode == 1 and '"code"' in done.stdout
+    assert _held(node) == {}
