@@ -169,6 +169,9 @@ class Rule:
             except ValueError:
                 raise _bad("DNAT address", self.to_addr, "must be an IP address") from None
             _port("DNAT port", self.to_port)
+            if self.proto is None:
+                raise _bad("DNAT destination", f"{self.to_addr} port {self.to_port}",
+                           "a port needs a protocol (proto tcp, udp or sctp)")
         if (self.target == "MARK") != (self.set_mark is not None):
             raise _bad("set_mark", self.set_mark, "is required with target MARK and only there")
         if self.set_mark is not None:

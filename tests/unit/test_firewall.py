@@ -224,8 +224,10 @@ def test_nft_rendering_covers_every_option():
         'ip saddr != 10.0.0.0/8 ip daddr 192.0.2.7 iifname "eth0" oifname != "cni0" udp dport 53 return'
     assert t(Rule(proto="tcp", dports=(80, 81), dst_local=True, mark=0x4000, target="A"), "ip") == \
         "fib daddr type local tcp dport { 80, 81 } meta mark & 0x00004000 == 0x00004000 jump A"
-    assert t(Rule(target="DNAT", to_addr="fd00::2", to_port=80), "inet") == "dnat ip6 to [fd00::2]:80"
-    assert t(Rule(target="DNAT", to_addr="10.0.0.2", to_port=80), "ip") == "dnat to 10.0.0.2:80"
+    assert t(Rule(target="DNAT", to_addr="fd00::2", to_port=80, proto="tcp", dports=(80,)), "inet") == \
+        "tcp dport 80 dnat ip6 to [fd00::2]:80"
+    assert t(Rule(target="DNAT", to_addr="10.0.0.2", to_port=80, proto="udp"), "ip") == \
+        "meta l4proto udp dnat to 10.0.0.2:80"
     assert t(Rule(target="MARK", set_mark=0x2000), "ip") == "meta mark set meta mark | 0x00002000"
     assert t(Rule(target="MASQUERADE", random_fully=True, proto="sctp"), "ip") == \
         "meta l4proto sctp masquerade fully-random"
@@ -253,7 +255,7 @@ BAD_STRINGS = ["10.0.0.1 -j ACCEPT", "10.0.0.1\n-A INPUT -j DROP", '10.0.0.1"', 
 @pytest.mark.parametrize("field", ["src", "dst", "iif", "oif", "to_addr"])
 @pytest.mark.parametrize("value", BAD_STRINGS)
 def test_injection_in_address_and_interface_fields(field, value):
-    kwargs = {"target": "DNAT", "to_addr": "10.0.0.2", "to_port": 80} if field == "to_addr" else {"target": "ACCEPT"}
+    kwargs = {"target": "DNAT", "to_addr": "10.0.0.2", "to_port": 80, "proto": "tcp"} if field == "to_addr" else {"target": "ACCEPT"}
     kwargs[field] = value
     with pytest.raises(InvalidConfig) as exc:
         Rule(**kwargs)
@@ -284,6 +286,7 @@ def test_injection_in_comments(value):
     {"proto": "tcp", "dports": tuple(range(1, 17))},
     {"mark": "0x4000"}, {"mark": 0}, {"mark": 1 << 32},
     {"target": "DNAT", "to_addr": "10.0.0.2", "to_port": "80"}, {"target": "DNAT", "to_addr": "10.0.0.2"},
+    {"target": "DNAT", "to_addr": "10.0.0.2", "to_port": 80},
     {"target": "ACCEPT", "to_addr": "10.0.0.2", "to_port": 80},
     {"target": "MARK"}, {"target": "MARK", "set_mark": "0x2000 -j DROP"},
     {"target": "ACCEPT", "random_fully": True}, {"dst_local": "yes"},
