@@ -1,0 +1,108 @@
+"""make demo: pods on two simulated nodes, set up by our frozen flannel binary, talking.
+
+Everything happens in network namespaces this script creates (prefix cft…) and
+removes at the end; the machine's own network is never touched.
+
+  node1 (198.18.0.1)  subnet 10.244.1.0/24 ──┐ underlay bridge ┌── node2 (198.18.0.2) subnet 10.244.2.0/24
+     pod a, pod b on cni0                     └─────────────────┘    pod c, pod d on cni0
+
+Per node, as kube-flannel does: the initContainer copy (packaging/install.sh)
+puts the binaries in /opt/cni/bin and 10-flannel.conflist in /etc/cni/net.d;
+/run/flannel/subnet.env is written as flanneld would (the node daemon is not
+built yet, so this script also adds the host-gw routes flanneld would add).
+Pods are created through containerd's own CNI library (go-cni).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.conftest import start_agent  # noqa: E402
+from tests.harness import drivers  # noqa: E402
+from tests.harness.netns import Lab, Node, Pod  # noqa: E402
+
+NETWORK = "10.244.0.0/16"
+SUBNETS = {"node1": "10.244.1.1/24", "node2": "10.244.2.1/24"}
+BOLD, DIM, GREEN, RED, END = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
+
+
+def say(text: str) -> None:
+    print(f"\n{BOLD}== {text}{END}", flush=True)
+
+
+def show(node: Node, argv: List[str]) -> None:
+    out = node.run(argv, check=False).stdout.rstrip()
+    print(f"{DIM}[{node.name}]$ {' '.join(argv)}{END}")
+    for line in out.splitlines():
+        print(f"    {line}")
+
+
+def install(node: Node) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PLUGINS": "flannel loopback portmap",
+           "SRC": os.path.join(ROOT, "dist", "cni")}
+    node.run(["sh", os.path.join(ROOT, "packaging", "install.sh")], env=env)
+
+
+def main() -> int:
+    with Lab() as lab:
+        nodes = {name: lab.add_node(name, underlay=True) for name in SUBNETS}
+        say("Two nodes on an underlay (network namespaces with their own /opt/cni/bin, /var/lib/cni, /run/flannel)")
+        for name, node in nodes.items():
+            install(node)
+            node.write_file("/run/flannel/subnet.env",
+                            f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={SUBNETS[name]}\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n")
+            print(f"  {name}: underlay {node.underlay_ip}, flannel subnet {SUBNETS[name]}")
+        show(nodes["node1"], ["ls", "-A", "/opt/cni/bin", "/etc/cni/net.d"])
+        show(nodes["node1"], ["cat", "/run/flannel/subnet.env"])
+        for (a, na), (b, nb) in itertools.permutations(nodes.items(), 2):  # what flanneld's host-gw backend adds
+            subnet = SUBNETS[b].replace(".1/24", ".0/24")
+            na.run(["ip", "route", "add", subnet, "via", nb.underlay_ip.split("/")[0]])
+
+        say("The resident agent on node2 (node1's pods are set up by the binary alone)")
+        start_agent(nodes["node2"])
+        print("  node2: cni-flannel agent listening on /run/flannel/cni-agent.sock")
+
+        say("Creating four pods through containerd's go-cni (conflist cbr0: flannel + portmap)")
+        pods: Dict[str, Tuple[Pod, str]] = {}
+        for name, node in [("a", nodes["node1"]), ("b", nodes["node1"]), ("c", nodes["node2"]), ("d", nodes["node2"])]:
+            pod = node.add_pod(f"pod{name}")
+            started = time.monotonic()
+            result = drivers.gocni(node, "add", pod, cid=f"sandbox-{name}", pod_name=f"web-{name}")
+            took = (time.monotonic() - started) * 1000
+            ip = result["Interfaces"]["eth0"]["IPConfigs"][0]["IP"]
+            pods[name] = (pod, ip)
+            print(f"  pod {name} on {node.name}: eth0 {ip}  ({took:.0f} ms through go-cni)")
+        show(nodes["node1"], ["ip", "-br", "addr", "show", "cni0"])
+        show(nodes["node1"], ["bridge", "link", "show"])
+        show(nodes["node1"], ["sh", "-c", "ls /var/lib/cni/networks/cbr0; echo; cat /var/lib/cni/flannel/sandbox-a; echo"])
+        show(nodes["node1"], ["ip", "route"])
+
+        say("Every pod pings every other pod (same node: through cni0; other node: routed over the underlay)")
+        failures = 0
+        for (a, (pa, _)), (b, (_, ipb)) in itertools.permutations(pods.items(), 2):
+            ok = pa.ping(ipb)
+            failures += not ok
+            same = pa.node is pods[b][0].node
+            print(f"  {a} -> {b} {ipb:<12} {'same node ' if same else 'cross-node'}  "
+                  f"{GREEN + 'ok' if ok else RED + 'FAILED'}{END}")
+
+        say("Deleting the pods (DEL through go-cni), then what is left on the nodes")
+        for name, (pod, _) in pods.items():
+            drivers.gocni(pod.node, "del", pod, cid=f"sandbox-{name}", pod_name=f"web-{name}")
+        for node in nodes.values():
+            show(node, ["sh", "-c", "ls -A /var/lib/cni/flannel /var/lib/cni/networks/cbr0; ip -br link | grep -c veth || true"])
+        say(f"{'All pods reached each other' if not failures else f'{failures} pings failed'}; removing the namespaces")
+        return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
