@@ -94,4 +94,5 @@ def spawn(plugin: str, command: str, conf: Dict[str, Any], netns: str, cid: str,
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(conf).encode())
     proc.stdin.close()
+    proc.stdin = None  # so communicate() does not flush it again
     return proc
