@@ -23,9 +23,14 @@ bundle=.cni-flannel
 work=$root/build/pyinstaller
 stage=$root/build/stage
 
+mkdir -p "$root/build" "$root/dist"
+# One build at a time (several sessions share this tree).
+exec 9>"$root/build/.build.lock"
+flock 9
+
 start=$(date +%s)
 rm -rf "$stage"
-mkdir -p "$work" "$stage" "$root/dist"
+mkdir -p "$work" "$stage"
 
 "$PYTHON" -m PyInstaller --noconfirm --log-level "${PYI_LOG_LEVEL:-WARN}" \
     --distpath "$stage" --workpath "$work" packaging/cni-flannel.spec
