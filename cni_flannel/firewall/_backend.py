@@ -16,7 +16,7 @@ from cni_flannel.cni.errors import CNIError, InvalidConfig
 from ._exec import Runner
 from ._model import RuleSet
 
-ATTEMPTS = 3
+ATTEMPTS = 4
 
 
 class Firewall:

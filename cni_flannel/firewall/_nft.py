@@ -1,7 +1,8 @@
 """nftables backend: our own tables, ``nft -a list table`` once, ``nft -f -`` once.
 
-``add table`` / ``add chain`` are idempotent and never flush, so they are
-always safe to send. Rules are rendered in the text ``nft list`` prints back,
+Only missing chains are sent, with ``create`` (fails if one appeared
+meanwhile, and the change is planned again); existing chains are never
+redeclared or flushed unless owned. Rules are rendered in the text ``nft list`` prints back,
 found in a listing by that text (or by comment, or by the chain they jump
 to) and deleted by handle.
 """
@@ -117,10 +118,12 @@ def _jump_of(text: str) -> Optional[str]:
 # --- planning (pure) -----------------------------------------------------------------------
 
 def _chain_decl(prefix: str, chain: Chain) -> str:
+    # "create" fails if another writer made the chain meanwhile: the change is then
+    # planned again, so two first writers cannot both add the chain's shared rules.
     if chain.hook is None:
-        return f"add chain {prefix} {chain.name}"
+        return f"create chain {prefix} {chain.name}"
     h = chain.hook
-    return (f"add chain {prefix} {chain.name} {{ type {h.type} hook {h.hook} "
+    return (f"create chain {prefix} {chain.name} {{ type {h.type} hook {h.hook} "
             f"priority {h.priority}; policy accept; }}")
 
 
@@ -128,13 +131,16 @@ def plan_apply(rs: RuleSet, state: State) -> List[str]:
     fam = NFT_FAMILIES[rs.family]
     prefix = f"{fam} {rs.table}"
     chains = state or {}
+    head = [f"add table {prefix}"] if state is None else []
+    head += [_chain_decl(prefix, c) for c in rs.chains if c.name not in chains]
     body: List[str] = []
     for chain in rs.chains:
         current = [t for t, _ in chains.get(chain.name, [])]
         want = [rule_text(r, fam) for r in chain.rules]
         if chain.owned:
-            if chain.name not in chains or current != want:
+            if chain.name in chains and current != want:
                 body.append(f"flush chain {prefix} {chain.name}")
+            if chain.name not in chains or current != want:
                 body += [f"add rule {prefix} {chain.name} {t}" for t in want]
             continue
         have, inserts = set(current), []
@@ -145,10 +151,7 @@ def plan_apply(rs: RuleSet, state: State) -> List[str]:
             (inserts if rule.insert else body).append(
                 f"{'insert' if rule.insert else 'add'} rule {prefix} {chain.name} {text}")
         body += reversed(inserts)
-    missing_chain = any(c.name not in chains for c in rs.chains)
-    if state is not None and not missing_chain and not body:
-        return []
-    return [f"add table {prefix}"] + [_chain_decl(prefix, c) for c in rs.chains] + body
+    return head + body
 
 
 def plan_remove(rs: RuleSet, state: State) -> List[str]:

@@ -196,8 +196,8 @@ def test_nft_apply_renders_one_transaction():
     c = nft_comment_for("cbr0", "eth0", CID)
     assert lines == [
         "add table inet cni_plugins_masquerade",
-        "add chain inet cni_plugins_masquerade masq_checks",
-        "add chain inet cni_plugins_masquerade postrouting { type nat hook postrouting priority srcnat; "
+        "create chain inet cni_plugins_masquerade masq_checks",
+        "create chain inet cni_plugins_masquerade postrouting { type nat hook postrouting priority srcnat; "
         "policy accept; }",
         f'add rule inet cni_plugins_masquerade masq_checks ip saddr 10.244.1.5 ip daddr != 10.244.1.0/24 '
         f'masquerade comment "{c}"',
@@ -369,14 +369,14 @@ def test_failed_transaction_is_replanned_then_reported():
     r = FakeRunner({"iptables-nft-save": ""}, fail=["iptables-restore: line 3 failed"])
     IptablesFirewall("nft", r).apply(bridge())
     assert [a[0] for a, _ in r.log] == ["iptables-nft-save", "iptables-nft-restore"] * 2
-    r = FakeRunner({"iptables-nft-save": ""}, fail=["iptables-restore: line 3 failed"] * 3)
+    r = FakeRunner({"iptables-nft-save": ""}, fail=["iptables-restore: line 3 failed"] * 4)
     with pytest.raises(InternalError) as exc:
         IptablesFirewall("nft", r).apply(bridge())
     assert exc.value.code == 999 and "line 3 failed" in exc.value.msg and "*nat" in exc.value.details
 
 
 def test_lock_contention_is_try_again_later():
-    r = FakeRunner({"iptables-nft-save": ""}, fail=["Another app is currently holding the xtables lock."] * 3)
+    r = FakeRunner({"iptables-nft-save": ""}, fail=["Another app is currently holding the xtables lock."] * 4)
     with pytest.raises(TryAgainLater) as exc:
         IptablesFirewall("nft", r).apply(bridge())
     assert exc.value.code == 11
