@@ -24,6 +24,7 @@ BACKENDS = (IPTABLES, NFTABLES)
 PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_MARK_BIT = 13  # Kubernetes uses 14 and 15, Calico 20-31
 FAMILIES = ("ipv4", "ipv6")
+OPTIONS = ("snat", "masqAll", "markMasqBit", "externalSetMarkChain", "conditionsV4", "conditionsV6", "backend")
 
 Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 #: backend name -> usable on this node (injected so parsing stays pure)
@@ -75,9 +76,19 @@ class PortmapConfig:
         return sorted({m.host_port for m in self.mappings if m.protocol == "udp"})
 
 
+def lookup(d: Dict[str, Any], key: str) -> Any:
+    """d[key] the way Go's encoding/json finds a struct field: the exact key, else
+    any key equal ignoring case.  containerd's go-cni sends port mappings as
+    {"HostPort": ..., "ContainerPort": ...}, which the reference reads this way."""
+    if key in d:
+        return d[key]
+    folded = key.lower()
+    return next((v for k, v in d.items() if isinstance(k, str) and k.lower() == folded), None)
+
+
 def parse(netconf: NetConf, ifname: str, usable: Probe) -> PortmapConfig:
     """Validate everything portmap reads from stdin."""
-    raw = netconf.raw
+    raw = {k: lookup(netconf.raw, k) for k in OPTIONS}
     snat = _optional_bool(raw, "snat", True)
     masq_all = _optional_bool(raw, "masqAll", False)
     mark_bit, external = raw.get("markMasqBit"), raw.get("externalSetMarkChain")
@@ -93,7 +104,7 @@ def parse(netconf: NetConf, ifname: str, usable: Probe) -> PortmapConfig:
     return PortmapConfig(
         network=netconf.name,
         backend=backend,
-        mappings=parse_mappings(netconf.runtime_config.get("portMappings")),
+        mappings=parse_mappings(lookup(netconf.runtime_config, "portMappings")),
         snat=snat,
         masq_all=masq_all,
         mark_bit=mark_bit,
@@ -154,7 +165,7 @@ def parse_mappings(value: object) -> Tuple[PortMapping, ...]:
 
 
 def _port(entry: Dict[str, Any], key: str, what: str) -> int:
-    port = entry.get(key)
+    port = lookup(entry, key)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise InvalidConfig(f"Invalid {what} port number: {port!r}", f"{key} must be an integer 1-65535 in {entry!r}")
     return port
@@ -165,7 +176,7 @@ def _mapping(entry: object) -> PortMapping:
         raise InvalidConfig(f"invalid port mapping {entry!r}", "expected {hostPort, containerPort, protocol, hostIP}")
     container_port = _port(entry, "containerPort", "container")
     host_port = _port(entry, "hostPort", "host")
-    protocol = entry.get("protocol")
+    protocol = lookup(entry, "protocol")
     if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
         raise InvalidConfig(f"invalid protocol {protocol!r} in port mapping {entry!r}",
                             f"use one of {', '.join(PROTOCOLS)}")
@@ -173,7 +184,7 @@ def _mapping(entry: object) -> PortMapping:
 
 
 def _host_ip(entry: Dict[str, Any]) -> Optional[str]:
-    value = entry.get("hostIP")
+    value = lookup(entry, "hostIP")
     if value is None or value == "":
         return None
     bad = InvalidConfig(f"invalid hostIP {value!r} in port mapping {entry!r}",

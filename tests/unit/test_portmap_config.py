@@ -202,3 +202,12 @@ def test_conditions_syntax_detection():
 def test_unsupported_conditions_are_code_7_with_the_reason():
     msg = rejected(conditionsV4=["-m", "set", "--match-set", "x", "src"])
     assert "unsupported conditionsV4" in msg and "can be validated" in msg
+
+
+def test_keys_match_case_insensitively_like_go():
+    # containerd's go-cni marshals its PortMapping struct without JSON tags
+    c = parsed(runtimeConfig={"portMappings": [{"HostPort": 8080, "ContainerPort": 80, "Protocol": "TCP",
+                                                "HostIP": ""}]}, SNAT=False)
+    assert c.mappings == (PortMapping(8080, 80, "tcp"),) and c.snat is False
+    # the exact key wins over a case variant
+    assert parsed(snat=True, Snat=False).snat is True
