@@ -4,7 +4,6 @@ InternalError carrying the command's stderr)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import Dict, List, Sequence
 
@@ -52,12 +51,6 @@ class Runner:
         if check and done.returncode != 0:
             raise command_error(argv, done.returncode, done.stderr, stdin)
         return done
-
-    def available(self, program: str) -> bool:
-        if self.prefix:
-            return self.run(["sh", "-c", 'command -v "$1"', "sh", program], check=False).returncode == 0
-        path = child_env()["PATH"]
-        return any(os.access(os.path.join(d, program), os.X_OK) for d in path.split(":") if d)
 
 
 def command_error(argv: Sequence[str], rc: int, stderr: str, stdin: str = "") -> Exception:
