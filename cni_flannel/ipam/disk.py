@@ -77,37 +77,44 @@ class DiskStore(Store):
             os.close(fd)  # closing drops the flock
 
     def reservations(self) -> List[Reservation]:
+        """Every address file and its owner.  This reads every file (so does the
+        reference, for its duplicate check); names are opened relative to the
+        directory's fd, which saves the kernel a path walk per file."""
         assert self._locked, "store used without its lock"
         out: List[Reservation] = []
         try:
-            entries = list(os.scandir(self.directory))
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _io("open", self.directory, exc) from None
+        try:
+            names = os.listdir(dfd)
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            for name in names:
+                if name == LOCK or name.startswith(LAST_RESERVED):
+                    continue
+                if name.startswith("."):
+                    if name.startswith(TMP_PREFIX):  # a writer died mid-reserve; we hold the lock, so it is dead
+                        self._unlink(name)
+                    continue
+                try:
+                    fd = os.open(name, flags, dir_fd=dfd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ELOOP):
+                        out.append(Reservation(name, None, readable=False))
+                    continue
+                try:
+                    data = os.read(fd, 4096)
+                except OSError as exc:
+                    if exc.errno != errno.EISDIR:  # a stray directory is not a reservation
+                        out.append(Reservation(name, None, readable=False))
+                    continue
+                finally:
+                    os.close(fd)
+                out.append(Reservation(name, parse_owner(data)))
         except OSError as exc:
             raise _io("list", self.directory, exc) from None
-        for entry in entries:
-            name = entry.name
-            if name == LOCK or name.startswith(LAST_RESERVED):
-                continue
-            if name.startswith("."):
-                if name.startswith(TMP_PREFIX):  # a writer died mid-reserve; we hold the lock, so it is dead
-                    self._unlink(name)
-                continue
-            try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.EISDIR, errno.ELOOP):
-                    continue
-                out.append(Reservation(name, None, readable=False))
-                continue
-            try:
-                data = os.read(fd, 4096)
-            except OSError as exc:
-                if exc.errno == errno.EISDIR:
-                    continue
-                out.append(Reservation(name, None, readable=False))
-                continue
-            finally:
-                os.close(fd)
-            out.append(Reservation(name, parse_owner(data)))
+        finally:
+            os.close(dfd)
         return out
 
     def reserve(self, name: str, container_id: str, ifname: str) -> bool:
