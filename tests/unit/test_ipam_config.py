@@ -237,3 +237,18 @@ def test_resolv_conf_not_a_string():
 def test_release_parse_ignores_broken_ranges():
     conf = parse_ipam({"ranges": [[{"subnet": "bogus"}]], "dataDir": "/tmp/d"}, "net", "1.0.0", ranges=False)
     assert (conf.network, conf.data_dir) == ("net", "/tmp/d")
+
+
+# Go's net.IP.String() for each input, printed by go1.19 (the file names the reference writes).
+GO_TEXT = [
+    ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"), ("2001:0:0:1:0:0:0:1", "2001:0:0:1::1"),
+    ("2001:db8::1:0:0:1", "2001:db8::1:0:0:1"), ("fd00:0:0:0:0:0:0:ff", "fd00::ff"), ("::ffff:1.2.3.4", "1.2.3.4"),
+    ("::1.2.3.4", "::102:304"), ("1:0:0:2:0:0:0:3", "1:0:0:2::3"), ("FD00::AB", "fd00::ab"), ("0::1:0:0:0:0", "0:0:0:1::"),
+]
+
+
+@pytest.mark.parametrize("given,go_text", GO_TEXT)
+def test_address_text_matches_go(given, go_text):
+    from cni_flannel.ipam.config import parse_ip
+
+    assert str(parse_ip(given, "x")) == go_text
