@@ -48,7 +48,7 @@ apt:
 venv: $(VENV_STAMP)
 
 # The venv is made from the system interpreter, never a pyenv shim (which costs ~100 ms a run).
-$(VENV_STAMP): requirements.txt requirements-dev.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt | apt
 	@if [[ ! -x $(PY) ]] || ! grep -qx 'home = /usr/bin' $(VENV)/pyvenv.cfg; then \
 		echo "deps: creating $(VENV) from $(SYSTEM_PYTHON)"; \
 		rm -rf $(VENV); $(SYSTEM_PYTHON) -m venv $(VENV); \
@@ -60,7 +60,8 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt
 
 binaries: $(BUNDLE_STAMP)
 
-$(BUNDLE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS)
+# (apt: order-only — checked every time, never a reason to rebuild)
+$(BUNDLE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS) | apt
 	bash packaging/build.sh
 
 drivers:
