@@ -13,3 +13,15 @@ Importing this package imports nothing from pyroute2; the first Handle does
 """
 
 from __future__ import annotations
+
+
+def warm_up() -> None:
+    """Import everything a netlink request needs now (the resident agent calls this).
+
+    A forked worker that later joins a caller's mount namespace may no longer
+    reach our files, so nothing may be imported lazily after that.
+    """
+    from cni_flannel.net import _nl, handle  # noqa: F401
+
+    for kind in ("link", "addr", "route", "neigh"):
+        _nl.new(kind).encode()
