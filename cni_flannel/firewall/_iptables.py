@@ -192,6 +192,24 @@ def tool(mode: str, family: str, what: str) -> str:
 HINT_RE = re.compile(r"^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) ", re.M)
 
 
+LEGACY_TABLE_LISTS = ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names")
+
+
+def legacy_unused() -> bool:
+    """No legacy x_tables table was ever loaded in the calling process's network
+    namespace (the lists are per namespace and iptables-legacy-save reads them),
+    so legacy holds no rules and no hint: detect_mode would say nft.  Lets a
+    caller in the target namespace skip detect_mode's six saves."""
+    for path in LEGACY_TABLE_LISTS:
+        try:
+            with open(path) as f:
+                if f.read().strip():
+                    return False
+        except OSError:
+            pass  # ip_tables not loaded at all
+    return True
+
+
 def detect_mode(runner: Runner) -> str:
     """legacy or nft, the way kube-proxy's iptables-wrapper decides: the kubelet's
     hint chains in mangle first, else whichever has more rules, nft on a tie."""
