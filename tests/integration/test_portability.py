@@ -49,7 +49,7 @@ def build_info(dist: Path) -> Dict[str, str]:
 
 def _portable_dist() -> Optional[Path]:
     if os.environ.get("CNI_PORTABLE_DIST"):
-        return Path(os.environ["CNI_PORTABLE_DIST"])
+        return Path(os.environ["CNI_PORTABLE_DIST"]).resolve()
     for candidate in (REPO / "dist" / "cni-bullseye", HOST_BUILD):
         if build_info(candidate).get("GLIBC") == "2.31":
             return candidate
@@ -58,7 +58,7 @@ def _portable_dist() -> Optional[Path]:
 
 @pytest.fixture(scope="module")
 def node_root() -> Path:
-    root = Path(os.environ.get("BULLSEYE_NODE_ROOT", REPO / "build" / "bullseye-node"))
+    root = Path(os.environ.get("BULLSEYE_NODE_ROOT", REPO / "build" / "bullseye-node")).resolve()
     if not (root / ".cni-flannel" / "debootstrap").exists():
         pytest.skip(f"no bullseye node root at {root}: {BUILD_HINT}")
     return root
