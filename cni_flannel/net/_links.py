@@ -36,7 +36,8 @@ def _to_link(msg: Any) -> Link:
                 mac=_nl.attr(msg, "IFLA_ADDRESS", "") or "", mtu=_nl.attr(msg, "IFLA_MTU", 0),
                 flags=msg["flags"], master=_nl.attr(msg, "IFLA_MASTER", 0) or 0,
                 peer_netnsid=_nl.attr(msg, "IFLA_LINK_NETNSID"), port=port,
-                vlan_filtering=vlan_filtering)
+                vlan_filtering=vlan_filtering,
+                operstate=str(_nl.attr(msg, "IFLA_OPERSTATE", "") or ""))
 
 
 class LinkOps:

@@ -27,6 +27,7 @@ class Link:
     peer_netnsid: Optional[int] = None  # IFLA_LINK_NETNSID: peer lives in another netns
     port: Dict[str, int] = field(default_factory=dict)  # bridge port flags: hairpin, learning, isolated
     vlan_filtering: Optional[bool] = None  # bridges only
+    operstate: str = ""         # "UP", "DOWN", "LOWERLAYERDOWN", "UNKNOWN"...
 
     @property
     def up(self) -> bool:
