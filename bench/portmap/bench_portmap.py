@@ -9,6 +9,10 @@ of the plugin as a runtime does it: ADD of a container (timed), then DEL of it
 Half the mappings are TCP, half UDP (so conntrack flushing is exercised).
 
     bench/portmap/bench_portmap.py [--samples 5] [--ours dist/cni/portmap | --source] [--dual] [--backend iptables]
+                                   [--agent]
+
+With --agent ours is also timed handing its requests to the resident agent
+(cni_flannel.agent, started inside the bench node), which saves the imports.
 
 Writes bench/results/portmap.json and prints medians and ratios (ours/Go).
 """
@@ -61,10 +65,11 @@ def source_wrapper(tmp: Path) -> str:
     return str(wrapper)
 
 
-def exec_once(plugin: str, command: str, conf: bytes, cid: str, netns: str) -> float:
+def exec_once(plugin: str, command: str, conf: bytes, cid: str, netns: str, agent: str = "") -> float:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
            "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": os.path.dirname(plugin),
            "CNI_FLANNEL_LOG": "/dev/null"}
+    env.update({"CNI_FLANNEL_AGENT_SOCKET": agent} if agent else {"CNI_FLANNEL_AGENT": "off"})
     start = time.perf_counter()
     done = subprocess.run([plugin], input=conf, env=env, capture_output=True)
     elapsed = time.perf_counter() - start
@@ -80,6 +85,7 @@ def main() -> None:
     ap.add_argument("--source", action="store_true", help="run ours from source instead of dist/cni")
     ap.add_argument("--dual", action="store_true", help="dual-stack pod (IPv4 + IPv6 rules)")
     ap.add_argument("--backend", default="", help="our backend option (iptables|nftables); Go 1.1.1 has iptables only")
+    ap.add_argument("--agent", action="store_true", help="also time ours through the resident agent")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "portmap.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -95,25 +101,34 @@ def main() -> None:
         # The plugins inherit the node's network namespace from this thread (setns), so
         # no nsenter/ip-netns-exec start-up lands in the timings.
         with ns.enter(node.path):
+            runs = [("ours", ours, args.backend, ""), ("go", GO, "", "")]
+            if args.agent:
+                sock = str(tmp / "agent.sock")
+                agent = subprocess.Popen([f"{REPO}/.venv/bin/python", f"{REPO}/plugins/cni-flannel.py", "agent",
+                                          "--socket", sock], env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"],
+                                                                 "CNI_FLANNEL_LOG": "/dev/null"},
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                lab.add_finalizer(lambda: (agent.kill(), agent.wait()))
+                while not os.path.exists(sock):
+                    time.sleep(0.05)
+                runs.insert(1, ("agent", ours, args.backend, sock))
             for n in COUNTS:
-                row: Dict[str, List[float]] = {"ours_add": [], "ours_del": [], "go_add": [], "go_del": []}
+                row: Dict[str, List[float]] = {f"{w}_{c}": [] for w, *_ in runs for c in ("add", "del")}
                 for s in range(args.samples):
-                    for who, plugin, backend in (("ours", ours, args.backend), ("go", GO, "")):
+                    for who, plugin, backend, sock in runs:
                         conf = config(n, args.dual, backend)
                         cid = f"bench{n}x{s}{who}"
-                        row[f"{who}_add"].append(exec_once(plugin, "ADD", conf, cid, pod.path))
-                        row[f"{who}_del"].append(exec_once(plugin, "DEL", conf, cid, pod.path))
+                        row[f"{who}_add"].append(exec_once(plugin, "ADD", conf, cid, pod.path, sock))
+                        row[f"{who}_del"].append(exec_once(plugin, "DEL", conf, cid, pod.path, sock))
                 med = {k: statistics.median(v) for k, v in row.items()}
-                results[str(n)] = {
-                    "samples_s": row,
-                    "median_ms": {k: round(v * 1000, 2) for k, v in med.items()},
-                    "ratio_add": round(med["ours_add"] / med["go_add"], 4),
-                    "ratio_del": round(med["ours_del"] / med["go_del"], 4),
-                }
-                r = results[str(n)]
-                print(f"{n:>4} mappings  ADD ours {r['median_ms']['ours_add']:8.1f} ms  go {r['median_ms']['go_add']:8.1f} ms"
-                      f"  ratio {r['ratio_add']:.3f}   DEL ours {r['median_ms']['ours_del']:8.1f} ms"
-                      f"  go {r['median_ms']['go_del']:8.1f} ms  ratio {r['ratio_del']:.3f}", flush=True)
+                r = results[str(n)] = {"samples_s": row, "median_ms": {k: round(v * 1000, 2) for k, v in med.items()}}
+                line = f"{n:>4} mappings  go ADD {med['go_add'] * 1000:7.1f} DEL {med['go_del'] * 1000:6.1f} ms"
+                for who, *_ in runs[:-1]:
+                    r[f"ratio_add_{who}"] = round(med[f"{who}_add"] / med["go_add"], 4)
+                    r[f"ratio_del_{who}"] = round(med[f"{who}_del"] / med["go_del"], 4)
+                    line += (f" | {who} ADD {med[f'{who}_add'] * 1000:6.1f} ({r[f'ratio_add_{who}']:.3f}x)"
+                             f" DEL {med[f'{who}_del'] * 1000:6.1f} ({r[f'ratio_del_{who}']:.3f}x)")
+                print(line, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"ours": ours, "go": GO, "dual_stack": args.dual, "backend": args.backend or "default",

@@ -54,10 +54,15 @@ def families_on_node() -> List[str]:
 
 
 def firewall(backend: str):
-    """The Firewall for the backend (hook for tests)."""
-    from cni_flannel.firewall import NftFirewall, backend_for
+    """The Firewall for the backend (hook for tests).  iptables: legacy or nft as the
+    node uses (kube-proxy's rule); with no legacy table in this namespace that is nft,
+    known without detect_mode's six saves."""
+    from cni_flannel.firewall import IptablesFirewall, NftFirewall, backend_for
+    from cni_flannel.firewall._iptables import legacy_unused
 
-    return NftFirewall() if backend == NFTABLES else backend_for("iptables")
+    if backend == NFTABLES:
+        return NftFirewall()
+    return IptablesFirewall("nft") if legacy_unused() else backend_for("iptables")
 
 
 def _config(req: Request) -> PortmapConfig:
