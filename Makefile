@@ -91,6 +91,7 @@ install:
 
 # ----------------------------------------------------------------------------------------------
 
+# Keeps the cached bullseye roots of packaging/portable (build/bullseye-*): slow to recreate.
 clean:
-	rm -rf build dist/cni dist/cni.old tests/drivers/bin
+	rm -rf build/pyinstaller build/stage build/.build.lock dist/cni dist/cni.old tests/drivers/bin
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
