@@ -4,7 +4,9 @@ Options follow plugins/main/bridge/bridge.go (loadNetConf, collectVlanTrunk,
 cmdAdd's early checks).  Every problem is InvalidConfig (code 7), raised
 before ADD changes anything; we also refuse what the reference lets through
 silently (a wrongly typed option, an MTU no link accepts, overlapping trunk
-ranges, an ipam section without a type, a malformed MAC).
+ranges, an ipam section without a type, a malformed MAC).  Not implemented
+yet, refused with UnsupportedField (2): macspoofchk, and isGateway together
+with vlan (the reference's <bridge>.<vlan> gateway veth).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from cni_flannel.cni.config import NetConf
-from cni_flannel.cni.errors import InvalidConfig
+from cni_flannel.cni.errors import InvalidConfig, UnsupportedField
 from cni_flannel.cni.names import interface_name_problem
 
 DEFAULT_BRIDGE = "cni0"
@@ -178,6 +180,12 @@ def parse(conf: NetConf, cni_args: Optional[Dict[str, str]] = None) -> BridgeCon
     if flags["disableContainerInterface"] and ipam:
         raise _bad("disableContainerInterface cannot be used with IPAM",
                    "a container interface that stays down cannot carry addresses; drop one of them")
+    if flags["macspoofchk"]:
+        raise UnsupportedField("macspoofchk is not supported by this bridge plugin yet",
+                               "drop macspoofchk, or use the reference bridge plugin for this network")
+    if vlan and (flags["isGateway"] or flags["isDefaultGateway"]) and ipam:
+        raise UnsupportedField("isGateway with vlan is not supported by this bridge plugin yet",
+                               "the reference puts the gateway on a <bridge>.<vlan> veth; drop one of them")
     dns = raw.get("dns") or {}
     if not isinstance(dns, dict):
         raise _bad(f"dns must be an object, not {dns!r}", 'e.g. "dns": {"nameservers": ["10.96.0.10"]}')

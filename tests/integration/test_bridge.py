@@ -241,3 +241,13 @@ def test_gocni_add_del(node, pod):
     p.delete()
     drivers.gocni(node, "del", p, cid="sb1")
     assert vethes(node) == [] and ip_files(node) == [] and masq_rules(node) == []
+
+
+def test_add_check_del_in_process_and_through_agent(node, pod, plugin_path):
+    p = pod()
+    r = add(node, p)
+    assert r.rc == 0, r
+    c = dict(conf(), prevResult=r.json)
+    assert run_plugin("bridge", "CHECK", c, netns=p.path, node=node, container_id=p.name).rc == 0
+    assert run_plugin("bridge", "DEL", c, netns=p.path, node=node, container_id=p.name).rc == 0
+    assert vethes(node) == [] and ip_files(node) == [] and masq_rules(node) == []

@@ -127,3 +127,11 @@ def test_gocni_add_del_and_del_after_sandbox_removal(node, pod):
     assert not _lo_up(p)
     p.delete()
     drivers.gocni(node, "del", p, cid="sb1")
+
+
+def test_add_del_in_process_and_through_agent(node, pod, plugin_path):
+    p = pod()
+    add = run_plugin("loopback", "ADD", CONF, netns=p.path, node=node)
+    assert add.json == _expected(p.path), add
+    assert run_plugin("loopback", "DEL", CONF, netns=p.path, node=node).rc == 0
+    assert not _lo_up(p)

@@ -67,6 +67,15 @@ def test_bad_config_is_invalid_config(over, msg):
     assert info.value.details  # every error says what to do
 
 
+@pytest.mark.parametrize("over", [{"macspoofchk": True}, {"vlan": 10, "isGateway": True}])
+def test_not_yet_supported_options_are_refused(over):
+    from cni_flannel.cni.errors import UnsupportedField
+
+    with pytest.raises(UnsupportedField) as info:
+        parse(netconf(**over))
+    assert info.value.code == 2
+
+
 def test_bad_mac_in_cni_args():
     with pytest.raises(InvalidConfig, match="CNI_ARGS MAC"):
         parse(netconf(), {"MAC": "0a:58:00"})
