@@ -6,7 +6,6 @@
     types     the records a Handle returns (Link, Address, Route, Neighbour, Vlan)
     errors    NetlinkError/OSError -> CNI errors, in one place
     sysctl    /proc/sys reads and writes
-    fake      FakeHandle: the same interface in memory, for unit tests
 
 Importing this package imports nothing from pyroute2; the first Handle does
 (message classes only, see ``_nl``).

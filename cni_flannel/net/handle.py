@@ -6,8 +6,8 @@
 
 The socket is opened inside the namespace and stays bound to it; ``sysctl``
 enters the namespace for the write (see ``ns``).  Failures raise the classes
-in ``net.errors``.  ``net.fake.FakeHandle`` implements the same methods in
-memory for unit tests.
+in ``net.errors``.  (No in-memory fake yet: plugin logic that needs no
+kernel is kept in pure functions and unit-tested directly.)
 """
 
 from __future__ import annotations
