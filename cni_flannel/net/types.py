@@ -1,4 +1,4 @@
-"""Plain records the netlink layer returns (shared by the real and the fake handle)."""
+"""Plain records the netlink layer returns."""
 
 from __future__ import annotations
 
