@@ -117,6 +117,7 @@ def delete(req: Request) -> None:
         from cni_flannel.plugins.bridge_link import delete_container_iface
 
         delete_container_iface(req.netns, req.ifname)
+    crashpoint.reached("bridge.del-iface")
     if conf.layer3:
         bridge_ipam.release(conf, req)
     if conf.ip_masq:
