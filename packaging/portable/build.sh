@@ -49,6 +49,7 @@ if ! [[ -f $STAMPS/debootstrap ]]; then
     step "debootstrap $SUITE from $MIRROR into $ROOT"
     # A half-made root (interrupted earlier) is not trusted: start over.  Nothing can be mounted
     # in it (mounts only ever live in a private namespace).
+    grep -qF " $ROOT/" /proc/self/mountinfo && die "something is mounted under $ROOT: unmount it first"
     rm -rf "$ROOT"
     debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
         || { tail -20 "$ROOT.debootstrap.log" >&2; die "debootstrap failed (log: $ROOT.debootstrap.log)"; }

@@ -28,6 +28,7 @@ if [[ -f $STAMP ]]; then
     exit 0
 fi
 say "debootstrap --variant=minbase $SUITE from $MIRROR into $ROOT"
+grep -qF " $ROOT/" /proc/self/mountinfo && die "something is mounted under $ROOT: unmount it first"
 rm -rf "$ROOT"
 debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
     || { tail -20 "$ROOT.debootstrap.log" >&2; die "debootstrap failed (log: $ROOT.debootstrap.log)"; }

@@ -32,14 +32,15 @@ py=(/usr/bin/env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/src /opt/venv/bin/python)
 echo "== import every cni_flannel module with $(in_root "$ROOT" /opt/venv/bin/python -V)"
 in_root "$ROOT" /bin/bash -c "cd /src && ${py[*]} -c '
 import pkgutil, importlib, sys, cni_flannel
-bad = 0
+bad = n = 0
 for m in pkgutil.walk_packages(cni_flannel.__path__, \"cni_flannel.\"):
+    n += 1
     try:
         importlib.import_module(m.name)
     except Exception as exc:
         bad += 1
         print(\"IMPORT FAILED\", m.name, type(exc).__name__, exc)
-print(\"modules checked; failures:\", bad)
+print(n, \"modules imported; failures:\", bad)
 sys.exit(1 if bad else 0)
 '" || rc_import=$?
 echo "== pytest ${*:--q tests/unit}"

@@ -95,11 +95,14 @@ def netns():
 
 
 def in_root(root: Path, binaries: Path, argv: List[str], env: Mapping[str, str] = (),
-            stdin: bytes = b"", netns: bool = False, extra: str = "") -> subprocess.CompletedProcess:
+            stdin: bytes = b"", netns: bool = False, extra: str = "",
+            node_netns: Optional[str] = None) -> subprocess.CompletedProcess:
     """Run argv chrooted in root with binaries at /mnt/cni (read-only) and a plain environment.
 
     Mounts are made in a private mount namespace of this one command: /proc, a tmpfs on /mnt
     holding the bind, and with netns=True a tmpfs on /run with the host's /run/netns in it.
+    node_netns: run in that test network namespace (via `ip netns exec`, whose /sys is then bound
+    in too) -- for plugins that create links in their own namespace.
     ``extra`` is shell run outside the chroot just before it ($CHROOT runs a command inside).
     """
     env_args = " ".join(shlex.quote(f"{k}={v}") for k, v in {"PATH": PATH, **dict(env)}.items())
@@ -115,11 +118,15 @@ if [ {int(netns)} = 1 ]; then
     mkdir "$R/run/netns"
     mount --rbind /run/netns "$R/run/netns"
 fi
+if [ {int(bool(node_netns))} = 1 ]; then
+    mount --rbind /sys "$R/sys"
+fi
 CHROOT="chroot $R /usr/bin/env -i {env_args}"
 {extra}
 exec $CHROOT {" ".join(shlex.quote(a) for a in argv)}
 """
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+    enter = ["ip", "netns", "exec", node_netns] if node_netns else []
+    return subprocess.run([*enter, "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                           input=stdin, capture_output=True, timeout=120, cwd="/")
 
 
@@ -221,6 +228,47 @@ def test_loopback_add_and_del_in_a_netns(node_root: Path, portable: Path, workdi
     rm = in_root(node_root, portable, ["/mnt/cni/loopback"], cni_env("DEL", log, **env), conf, netns=True)
     assert rm.returncode == 0, explain(rm)
     assert "UP" not in lo_flags(netns)
+
+
+def test_flannel_chain_add_and_del_in_a_node_netns(node_root: Path, portable: Path, workdir,
+                                                   netns: str) -> None:
+    """The seed's pod set-up on the old node: flannel reads subnet.env and delegates to bridge,
+    which calls host-local -- three processes of the bundle, each started by the previous one
+    inside the root.  The node is the test namespace `netns`, the pod a second one."""
+    inside, path = workdir
+    pod = f"{netns}-pod"
+    run(["ip", "netns", "add", pod])
+    try:
+        (path / "subnet.env").write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+                                         "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")  # no iptables in the root
+        conf = json.dumps({
+            "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+            "subnetFile": f"{inside}/subnet.env", "dataDir": f"{inside}/flannel",
+            "ipam": {"dataDir": f"{inside}/networks"},
+            "delegate": {"hairpinMode": True, "isDefaultGateway": True},
+        }).encode()
+        env = dict(CNI_NETNS=f"/run/netns/{pod}")
+        log = f"{inside}/plugin.log"
+
+        add = in_root(node_root, portable, ["/mnt/cni/flannel"], cni_env("ADD", log, **env), conf,
+                      netns=True, node_netns=netns)
+        assert add.returncode == 0, explain(add) + (path / "plugin.log").read_text(errors="replace")
+        result = json.loads(add.stdout)
+        assert [ip["address"] for ip in result["ips"]] == ["10.244.7.2/24"], result
+        pod_addrs = json.loads(run(["ip", "-n", pod, "-j", "addr", "show", "eth0"]).stdout)[0]["addr_info"]
+        assert "10.244.7.2" in [a["local"] for a in pod_addrs]
+        bridge = json.loads(run(["ip", "-n", netns, "-j", "addr", "show", "cni0"]).stdout)[0]["addr_info"]
+        assert "10.244.7.1" in [a["local"] for a in bridge]
+        assert (path / "networks" / "cbr0" / "10.244.7.2").exists()
+
+        rm = in_root(node_root, portable, ["/mnt/cni/flannel"], cni_env("DEL", log, **env), conf,
+                     netns=True, node_netns=netns)
+        assert rm.returncode == 0, explain(rm)
+        assert not (path / "networks" / "cbr0" / "10.244.7.2").exists()
+        assert not list((path / "flannel").iterdir())  # the saved delegate config is gone too
+        assert run(["ip", "-n", pod, "link", "show", "eth0"], check=False).returncode != 0
+    finally:
+        remove_netns(pod)
 
 
 def test_agent_preloads_everything_in_the_bundle(node_root: Path, portable: Path, workdir,
