@@ -111,6 +111,11 @@ def add(req: Request) -> Result:
                   ips=result.ips, routes=result.routes, dns=dns)
 
 
+def validate(req: Request) -> None:
+    """Check the configuration without changing anything (flannel runs this before saving it)."""
+    bridge_config.parse(req.config, req.args)
+
+
 def delete(req: Request) -> None:
     conf = bridge_config.parse(req.config, req.args)
     if req.netns:

@@ -70,6 +70,7 @@ def add(req: Request) -> Result:
     data_dir = _data_dir(req)
     env = subnet_env.load(_subnet_file(req))
     conf = delegate_conf.build(req.config.raw, env)
+    _prevalidate(req, conf)
     saved_conf.save(data_dir, req.container_id, delegate_conf.dumps(conf))
     crashpoint.reached("flannel.saved")
     try:
@@ -79,6 +80,22 @@ def add(req: Request) -> Result:
         raise _explain(err, env) from None
     assert result is not None
     return result
+
+
+def _prevalidate(req: Request, conf: Dict[str, Any]) -> None:
+    """Refuse a delegate config that can never work before anything is saved or changed:
+    a saved config its own DEL cannot parse would make every later DEL fail."""
+    if conf["type"] in IN_PROCESS and os.environ.get("CNI_FLANNEL_DELEGATE_EXEC") != "1":
+        import importlib
+
+        plugin = importlib.import_module(f"cni_flannel.plugins.{conf['type']}")
+        validate = getattr(plugin, "validate", None)
+        if validate is not None:
+            validate(replace(req, stdin=delegate_conf.dumps(conf), config=parse_netconf(delegate_conf.dumps(conf))))
+        return
+    from ..cni.delegate import find_plugin
+
+    find_plugin(conf["type"], req.path)
 
 
 def _undo_add(req: Request, conf: Dict[str, Any], data_dir: str) -> None:

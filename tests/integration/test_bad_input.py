@@ -118,6 +118,7 @@ def test_bad_input(lab_node: Tuple[Node, Pod], plugin: str, case: Tuple[str, str
     base = {"CNI_NETNS": pod.path, "CNI_COMMAND": command}
     base.update(env)
     before = snapshot(node)
+    assert "lo:" in before["links"] and "/var/lib/cni" in before["files"]  # the snapshot sees the node
     run = run_plugin(plugin, command, stdin, netns=base.pop("CNI_NETNS"), node=node, env_extra=base)
     assert run.rc == 1, (run.stdout, run.stderr)
     assert isinstance(run.json, dict), f"stdout is not error JSON: {run.stdout!r}"
