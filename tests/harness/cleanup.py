@@ -2,8 +2,8 @@
 
 Deletes every network namespace, /run dir and temp dir named with a harness
 prefix (``cft`` + 4 hex digits; only the given prefixes when some are named),
-e.g. after a killed test run. Without prefixes it also removes the labs of
-test runs still in progress: do not run it bare while tests run.
+e.g. after a killed test run. Without prefixes, labs whose owning process is
+still alive (``/run/<prefix>/owner``) are spared, so it is safe during a test run.
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def cleanup(prefixes: Sequence[str] = ()) -> List[str]:
     """Remove harness leftovers (of prefixes, or of any run); return what was removed."""
     def ours(name: str) -> bool:
         match = OWNED_RE.match(name)
-        return bool(match) and (not prefixes or name[:7] in prefixes)
+        if not match:
+            return False
+        return name[:7] in prefixes if prefixes else not _owner_alive(name[:7])
 
     removed = []
     for name in netns_names():
@@ -37,6 +39,21 @@ def cleanup(prefixes: Sequence[str] = ()) -> List[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def _owner_alive(prefix: str) -> bool:
+    try:
+        with open(f"/run/{prefix}/owner") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return pid != os.getpid()
 
 
 if __name__ == "__main__":

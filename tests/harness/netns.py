@@ -264,6 +264,8 @@ class Lab:
             os.makedirs(self.run_dir, exist_ok=True)
             run(["mount", "--bind", self.run_dir, self.run_dir])
             run(["mount", "--make-private", self.run_dir])
+        with open(os.path.join(self.run_dir, "owner"), "w") as f:  # cleanup spares labs of live runs
+            f.write(str(os.getpid()))
 
     def __enter__(self) -> "Lab":
         return self
