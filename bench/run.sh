@@ -1,0 +1,23 @@
+#!/bin/bash
+# make bench: our frozen plugins vs Debian's Go reference, in test namespaces. See bench/README.md.
+#
+#   bench/run.sh            full run (~30 samples per operation, 3 parallel rounds; a few minutes)
+#   bench/run.sh --quick    about a minute (8 samples, 1 parallel round)
+#   bench/run.sh --profile  only the profile of one in-process seed-chain ADD (bench/results/profile/)
+#   other options go to bench/chain/driver.py (--samples N --rounds N --parallel N --out FILE)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+PY=$root/.venv/bin/python
+
+[[ $(id -u) == 0 ]] || { echo "bench: run as root (it creates network namespaces)" >&2; exit 2; }
+[[ -x $PY ]] || { echo "bench: $PY missing: run 'make deps'" >&2; exit 2; }
+# make bench builds these first; when run by hand, say what is missing instead of building.
+[[ -x dist/cni/flannel && -d dist/cni/.cni-flannel ]] || { echo "bench: dist/cni missing: run 'make binaries'" >&2; exit 2; }
+[[ -x tests/drivers/bin/cnitool-libcni ]] || { echo "bench: cnitool-libcni missing: run 'make drivers'" >&2; exit 2; }
+
+if [[ ${1:-} == --profile ]]; then
+    shift
+    exec "$PY" bench/chain/profiling.py "$@"
+fi
+exec "$PY" bench/chain/driver.py "$@"
