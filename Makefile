@@ -14,6 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 BUNDLE_STAMP := dist/cni/.cni-flannel/BUILD
+NATIVE_STAMP := dist/cni-native/.cni-flannel/BUILD
 
 APT_PACKAGES := golang-go golang-github-appc-cni-dev golang-github-containerd-go-cni-dev \
 	containernetworking-plugins iptables nftables iproute2 conntrack debootstrap \
@@ -27,7 +28,7 @@ PLUGINS ?= flannel
 DESTDIR ?=
 FORCE ?=
 
-.PHONY: all deps apt venv binaries drivers test demo install bench clean
+.PHONY: all deps apt venv binaries drivers test demo install bench clean binaries-native portable-root
 
 all: binaries
 
@@ -58,11 +59,23 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt | apt
 
 # --- build ------------------------------------------------------------------------------------
 
+# The shipped binaries are frozen in a Debian bullseye root (glibc 2.31, Python 3.9) so they run
+# on older nodes too (packaging/portable/README.md; cold ~2 min, then ~10 s).  `binaries-native`
+# freezes with this machine's Python instead (quicker to iterate; needs glibc >= 2.36 to run).
 binaries: $(BUNDLE_STAMP)
 
 # (apt: order-only — checked every time, never a reason to rebuild)
-$(BUNDLE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS) | apt
-	bash packaging/build.sh
+$(BUNDLE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS) $(wildcard packaging/portable/*.sh) | apt
+	bash packaging/portable/build.sh dist/cni
+
+binaries-native: $(NATIVE_STAMP)
+
+$(NATIVE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS) | apt
+	bash packaging/build.sh dist/cni-native
+
+# A bare bullseye root without Python, where tests/integration/test_portability.py runs the binaries.
+portable-root: | apt
+	bash packaging/portable/node-root.sh
 
 drivers:
 	@if [[ -f tests/drivers/build.sh ]]; then bash tests/drivers/build.sh; \
@@ -70,7 +83,7 @@ drivers:
 
 # --- test -------------------------------------------------------------------------------------
 
-test: deps binaries drivers
+test: deps binaries binaries-native portable-root drivers
 	bash packaging/run-tests.sh
 
 demo: binaries drivers
@@ -93,5 +106,5 @@ install:
 
 # Keeps the cached bullseye roots of packaging/portable (build/bullseye-*): slow to recreate.
 clean:
-	rm -rf build/pyinstaller build/stage build/.build.lock dist/cni dist/cni.old tests/drivers/bin
+	rm -rf build/pyinstaller build/stage build/.build.lock dist/cni dist/cni.old dist/cni-native tests/drivers/bin
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

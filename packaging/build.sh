@@ -18,6 +18,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 PYTHON=${PYTHON:-$root/.venv/bin/python}
+dest=${1:-dist/cni}   # where the finished tree goes (relative to the repo root)
 PLUGINS=(flannel bridge host-local portmap loopback)
 bundle=.cni-flannel
 work=$root/build/pyinstaller
@@ -63,10 +64,10 @@ for name in "${PLUGINS[@]}"; do
     [[ $reply == *'"supportedVersions"'* ]] || { echo "build.sh: $name VERSION said: $reply" >&2; exit 1; }
 done
 
-if [[ -e dist/cni ]]; then
-    rm -rf dist/cni.old
-    mv dist/cni dist/cni.old
+if [[ -e $dest ]]; then
+    rm -rf "$dest.old"
+    mv "$dest" "$dest.old"
 fi
-mv "$out" dist/cni
-rm -rf dist/cni.old "$stage"
-echo "built dist/cni: ${PLUGINS[*]} ($(du -sh dist/cni | cut -f1), $(grep SOURCE dist/cni/$bundle/BUILD))"
+mv "$out" "$dest"
+rm -rf "$dest.old" "$stage"
+echo "built $dest: ${PLUGINS[*]} ($(du -sh "$dest" | cut -f1), $(grep SOURCE "$dest/$bundle/BUILD"))"

@@ -31,7 +31,7 @@ done
 summary=$("$PY" - "$reports" <<'EOF'
 import os, sys
 import xml.etree.ElementTree as ET
-total = 0
+total = total_passed = total_failed = total_skipped = 0
 for suite in ("unit", "integration"):
     path = os.path.join(sys.argv[1], suite + ".xml")
     counts = dict(tests=0, failures=0, errors=0, skipped=0)
@@ -41,9 +41,13 @@ for suite in ("unit", "integration"):
                 counts[key] += int(ts.get(key, 0))
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     total += counts["tests"]
+    total_passed += passed
+    total_failed += counts["failures"] + counts["errors"]
+    total_skipped += counts["skipped"]
     print(f"{suite}: {counts['tests']} tests, {passed} passed, {counts['failures']} failed, "
           f"{counts['errors']} errors, {counts['skipped']} skipped/xfailed")
 print(f"total: {total} tests")
+print(f"{total_passed} passed, {total_failed} failed, {total_skipped} skipped")
 EOF
 ) || summary="(could not read the test reports)"
 

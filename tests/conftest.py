@@ -54,8 +54,8 @@ def plugin_dir() -> Path:
     """The plugin executables under test (dist/cni, or source wrappers)."""
     try:
         return _plugin_dir()
-    except PluginsNotBuilt as exc:
-        pytest.skip(str(exc))
+    except PluginsNotBuilt as exc:  # a missing build is a failure, never a quiet skip
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

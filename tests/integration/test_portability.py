@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = ".cni-flannel"
 NAMES = ("flannel", "bridge", "host-local", "portmap", "loopback")
-HOST_BUILD = REPO / "dist" / "cni"
+HOST_BUILD = REPO / "dist" / "cni-native"  # `make binaries-native`: frozen on this Debian 12
 BUILD_HINT = ("run `bash packaging/portable/build.sh dist/cni-bullseye` (cold ~1.5 min: debootstrap "
               "+ apt + venv; warm ~20 s) and `bash packaging/portable/node-root.sh` (~1 min)")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -50,7 +50,7 @@ def build_info(dist: Path) -> Dict[str, str]:
 def _portable_dist() -> Optional[Path]:
     if os.environ.get("CNI_PORTABLE_DIST"):
         return Path(os.environ["CNI_PORTABLE_DIST"]).resolve()
-    for candidate in (REPO / "dist" / "cni-bullseye", HOST_BUILD):
+    for candidate in (REPO / "dist" / "cni", REPO / "dist" / "cni-bullseye"):
         if build_info(candidate).get("GLIBC") == "2.31":
             return candidate
     return None
@@ -167,7 +167,7 @@ def test_debian12_build_does_not_run_there(node_root: Path, portable: Path) -> N
     """Proves the node root can fail: the Debian 12 (glibc 2.36) build needs a newer glibc."""
     glibc = build_info(HOST_BUILD).get("GLIBC")
     if not glibc or glibc == "2.31":
-        pytest.skip(f"{HOST_BUILD} is not a Debian 12 build (GLIBC={glibc}): run `make binaries`")
+        pytest.skip(f"{HOST_BUILD} is not a Debian 12 build (GLIBC={glibc}): run `make binaries-native`")
     proc = in_root(node_root, HOST_BUILD, ["/mnt/cni/loopback"],
                    env={"CNI_COMMAND": "VERSION", "CNI_FLANNEL_LOG": "/dev/null"})
     assert proc.returncode != 0, explain(proc)
