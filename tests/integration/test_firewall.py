@@ -20,18 +20,19 @@ from cni_flannel.firewall import IptablesFirewall, NftFirewall, RuleSet, Runner
 from cni_flannel.firewall import _iptables as ipt
 from cni_flannel.firewall import _nft as nft
 from cni_flannel.firewall import layouts as L
+from tests import firewall_samples as S
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 BACKENDS = ["iptables-nft", "iptables-legacy", "nftables"]
-PORTS = [L.PortMapping(8080, 80), L.PortMapping(8081, 81), L.PortMapping(53, 53, "udp"),
-         L.PortMapping(8443, 443, "tcp", "192.0.2.1"), L.PortMapping(9443, 443, "tcp", "2001:db8::1")]
+PORTS = [S.PortMapping(8080, 80), S.PortMapping(8081, 81), S.PortMapping(53, 53, "udp"),
+         S.PortMapping(8443, 443, "tcp", "192.0.2.1"), S.PortMapping(9443, 443, "tcp", "2001:db8::1")]
 
 IPTABLES_LAYOUTS: Dict[str, Callable[[], RuleSet]] = {
     "ipmasq4": lambda: L.ipmasq_iptables("10.244.1.5", "10.244.1.0/24", "cbr0", "c1"),
     "ipmasq6": lambda: L.ipmasq_iptables("fd00:1::5", "fd00:1::/64", "cbr0", "c1"),
-    "portmap4": lambda: L.portmap_iptables("10.244.1.5", "10.244.1.0/24", PORTS, "cbr0", "c1"),
-    "portmap6": lambda: L.portmap_iptables("fd00:1::5", "fd00:1::/64", PORTS, "cbr0", "c1"),
+    "portmap4": lambda: S.portmap_iptables("10.244.1.5", "10.244.1.0/24", PORTS, "cbr0", "c1"),
+    "portmap6": lambda: S.portmap_iptables("fd00:1::5", "fd00:1::/64", PORTS, "cbr0", "c1"),
     "flannel-masq4": lambda: L.flannel_masq_iptables("10.244.0.0/16", "10.244.1.0/24"),
     "flannel-masq6": lambda: L.flannel_masq_iptables("fd00::/48", "fd00:0:0:1::/64"),
     "flannel-fwd4": lambda: L.flannel_forward_iptables("10.244.0.0/16"),
@@ -39,8 +40,8 @@ IPTABLES_LAYOUTS: Dict[str, Callable[[], RuleSet]] = {
 NFT_LAYOUTS: Dict[str, Callable[[], RuleSet]] = {
     "ipmasq4": lambda: L.ipmasq_nft("10.244.1.5", "10.244.1.0/24", "cbr0", "eth0", "c1"),
     "ipmasq6": lambda: L.ipmasq_nft("fd00:1::5", "fd00:1::/64", "cbr0", "eth0", "c1"),
-    "portmap4": lambda: L.portmap_nft("10.244.1.5", PORTS, "c1"),
-    "portmap6": lambda: L.portmap_nft("fd00:1::5", PORTS, "c1"),
+    "portmap4": lambda: S.portmap_nft("10.244.1.5", PORTS, "c1"),
+    "portmap6": lambda: S.portmap_nft("fd00:1::5", PORTS, "c1"),
     "flannel4": lambda: L.flannel_nft("10.244.0.0/16", "10.244.1.0/24"),
     "flannel6": lambda: L.flannel_nft("fd00::/48", "fd00:0:0:1::/64"),
 }
@@ -163,12 +164,12 @@ def test_remove_without_config_finds_everything(netns, backend):
     if backend == "nftables":
         pairs = [(L.ipmasq_nft("10.244.1.5", "10.244.1.0/24", "cbr0", "eth0", "c1"),
                   L.ipmasq_nft_owner("cbr0", "eth0", "c1")),
-                 (L.portmap_nft("10.244.1.5", PORTS, "c1"), L.portmap_nft_owner("ipv4", "c1"))]
+                 (S.portmap_nft("10.244.1.5", PORTS, "c1"), S.portmap_nft_owner("ipv4", "c1"))]
     else:
         pairs = [(L.ipmasq_iptables("10.244.1.5", "10.244.1.0/24", "cbr0", "c1"),
                   L.ipmasq_iptables_owner("ipv4", "cbr0", "c1")),
-                 (L.portmap_iptables("10.244.1.5", "10.244.1.0/24", PORTS, "cbr0", "c1"),
-                  L.portmap_iptables_owner("ipv4", "cbr0", "c1"))]
+                 (S.portmap_iptables("10.244.1.5", "10.244.1.0/24", PORTS, "cbr0", "c1"),
+                  S.portmap_iptables_owner("ipv4", "cbr0", "c1"))]
     for full, owner in pairs:
         fw.apply(full)
         fw.remove(owner)
@@ -199,7 +200,7 @@ def test_other_writers_rules_survive_iptables(netns, backend):
     sh(["ip", "netns", "exec", netns, ipt.tool(mode, "ipv4", "restore"), "--noflush", "-w", "5"], KUBE)
     foreign = dump(netns, backend)
     sets = [L.ipmasq_iptables("10.244.1.5", "10.244.1.0/24", "cbr0", "c1"),
-            L.portmap_iptables("10.244.1.5", "10.244.1.0/24", PORTS, "cbr0", "c1"),
+            S.portmap_iptables("10.244.1.5", "10.244.1.0/24", PORTS, "cbr0", "c1"),
             L.flannel_masq_iptables("10.244.0.0/16", "10.244.1.0/24")]
     for rs in sets:
         fw.apply(rs)

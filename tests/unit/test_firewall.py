@@ -14,6 +14,7 @@ from cni_flannel.firewall import (Chain, Hook, IptablesFirewall, NftFirewall, Ru
 from cni_flannel.firewall import _iptables as ipt
 from cni_flannel.firewall import _nft as nft
 from cni_flannel.firewall import layouts as L
+from tests import firewall_samples as S
 from cni_flannel.firewall._exec import child_env
 from cni_flannel.firewall._names import nft_comment_for
 
@@ -88,7 +89,7 @@ def test_apply_is_empty_when_saved_state_matches():
 
 
 def test_shared_chains_are_never_declared():
-    rs = L.portmap_iptables("10.244.1.5", "10.244.1.0/24", [L.PortMapping(8080, 80)], "test", CID)
+    rs = S.portmap_iptables("10.244.1.5", "10.244.1.0/24", [S.PortMapping(8080, 80)], "test", CID)
     lines = ipt.plan_apply(rs, {"PREROUTING": [], "OUTPUT": [], "POSTROUTING": [],
                                 "CNI-HOSTPORT-DNAT": ["-j CNI-DN-other"]})
     declared = [line for line in lines if line.startswith(":")]
@@ -133,7 +134,7 @@ def test_remove_without_config_finds_rules_by_chain_and_comment():
 
 
 def test_remove_keeps_shared_infrastructure():
-    rs = L.portmap_iptables("10.244.1.5", "10.244.1.0/24", [L.PortMapping(8080, 80)], "test", CID)
+    rs = S.portmap_iptables("10.244.1.5", "10.244.1.0/24", [S.PortMapping(8080, 80)], "test", CID)
     applied = {"PREROUTING": [], "OUTPUT": [], "POSTROUTING": []}
     for line in ipt.plan_apply(rs, applied):  # simulate the restore
         if line.startswith(("-N", ":")):
