@@ -222,8 +222,9 @@ def main() -> int:
     if os.geteuid() != 0:
         log("bench: needs root (it creates network namespaces)")
         return 2
-    # Ctrl-C raises KeyboardInterrupt; make TERM/HUP do the same so the Lab is always torn down.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # INT (even when started in the background, where it arrives ignored), TERM and HUP raise
+    # KeyboardInterrupt, so the Lab is always torn down.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
 
     started = datetime.datetime.now().astimezone()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -34,7 +36,9 @@ class Worker:
     """A worker.py process inside a node; run() sends jobs and returns its reply."""
 
     def __init__(self, lab: Lab, node: Node):
-        self.proc = node.popen([PYTHON, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        tmp = tempfile.mkdtemp(prefix=f"{lab.prefix}-worker-")  # a harness name: cleanup.py knows it
+        lab.add_finalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        self.proc = node.popen([PYTHON, WORKER, tmp], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         lab.add_finalizer(self.close)
 
     def run(self, jobs: List[Dict]) -> Dict:

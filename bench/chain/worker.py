@@ -12,21 +12,22 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
       where wall is first start -> last exit and user/sys come from wait4
       (the child plus every descendant it waited for: libcni's plugins).
   {"quit": true}
+
+    worker.py TMPDIR   (output files go there; the driver owns and removes it)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List
 
 
-def run_jobs(jobs: List[Dict]) -> Dict:
-    tmp = tempfile.mkdtemp(prefix="cftbench-")
+def run_jobs(jobs: List[Dict], tmp: str) -> Dict:
     procs = {}
     started = {}
     files = []
@@ -58,16 +59,18 @@ def run_jobs(jobs: List[Dict]) -> Dict:
             f.close()
     for name in os.listdir(tmp):
         os.unlink(os.path.join(tmp, name))
-    os.rmdir(tmp)
     return {"wall": end - t0, "runs": runs}
 
 
 def main() -> None:
+    # Ctrl-C is the driver's to handle (it tears the nodes down); EOF on stdin ends us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tmp = sys.argv[1]
     for line in sys.stdin:
         msg = json.loads(line)
         if msg.get("quit"):
             break
-        reply = run_jobs(msg["jobs"])
+        reply = run_jobs(msg["jobs"], tmp)
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 
