@@ -239,6 +239,9 @@ def main() -> int:
     with Lab() as lab:
         b = Bench(lab)
         log(f"bench: nodes {lab.prefix}-ours / {lab.prefix}-go ready; agent running in ours")
+        meta["delegate_vs_go_bridge"] = diff = b.delegate_difference()
+        if diff:
+            log(f"bench: WARNING: flannel's delegate differs from the Go side's bridge config: {diff}")
         log(f"1/5 VERSION start-up ({samples} runs each)")
         results["version"] = bench_version(b, samples)
         for key, net, ports, label in (("loopback", configs.LOOPBACK, False, "2/5 loopback ADD/DEL"),

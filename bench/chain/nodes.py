@@ -133,6 +133,21 @@ class Bench:
         self.pods: Dict[str, Pod] = {side: node.add_pod("single") for side, node in self.nodes.items()}
         self._pod_seq = 0
 
+    def delegate_difference(self) -> Dict:
+        """ADD one pod on ours, and compare the delegate config flannel saved with the bridge
+        config the Go side runs (configs.seed_delegate); {} when they agree."""
+        pod, cid = self.pods["ours"], "delegate-check"
+        caps = configs.port_mapping(0)
+        self.run("ours", [self.libcni_job("ours", "add", configs.SEED, pod, cid, caps)])
+        try:
+            saved = json.loads(self.nodes["ours"].read_file(f"/var/lib/cni/flannel/{cid}"))
+        finally:
+            self.run("ours", [self.libcni_job("ours", "del", configs.SEED, pod, cid, caps)])
+        ignore = {"cniVersion", "runtimeConfig"}  # the runtime's, not the network's
+        want = configs.seed_delegate()
+        keys = (set(saved) | set(want)) - ignore
+        return {k: {"ours": saved.get(k), "go": want.get(k)} for k in sorted(keys) if saved.get(k) != want.get(k)}
+
     def _stop(self, agent: subprocess.Popen) -> None:
         if agent.poll() is None:
             agent.kill()
