@@ -24,6 +24,7 @@ from cni_flannel.firewall import IptablesFirewall, NftFirewall, Runner
 from cni_flannel.firewall import _iptables as ipt
 from cni_flannel.firewall import _nft as nft
 from cni_flannel.firewall import layouts as L
+from tests import firewall_samples as S
 from tests.integration.test_firewall import BACKENDS, delete_netns, make_netns, require_backend, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
@@ -38,11 +39,11 @@ def make_firewall(backend: str, runner: Runner):
 
 def rulesets(backend: str, i: int):
     ip, cid = f"10.244.{i // 200}.{i % 200 + 2}", f"c{i:03d}"
-    ports = [L.PortMapping(10000 + i, 80)]
+    ports = [S.PortMapping(10000 + i, 80)]
     if backend == "nftables":
-        return [L.ipmasq_nft(ip, "10.244.0.0/16", "cbr0", "eth0", cid), L.portmap_nft(ip, ports, cid)]
+        return [L.ipmasq_nft(ip, "10.244.0.0/16", "cbr0", "eth0", cid), S.portmap_nft(ip, ports, cid)]
     return [L.ipmasq_iptables(ip, "10.244.0.0/16", "cbr0", cid),
-            L.portmap_iptables(ip, "10.244.0.0/16", ports, "cbr0", cid)]
+            S.portmap_iptables(ip, "10.244.0.0/16", ports, "cbr0", cid)]
 
 
 def writer(backend: str, i: int) -> int:
@@ -96,7 +97,7 @@ def kube_writer(ns: str, mode: str, stop: threading.Event, result: List) -> None
 def comment_counts(fw, backend: str, ns: str) -> Counter:
     counts: Counter = Counter()
     if backend == "nftables":
-        for fam, table in (("inet", L.NFT_MASQ_TABLE), ("ipv4", L.NFT_HOSTPORT_TABLE)):
+        for fam, table in (("inet", L.NFT_MASQ_TABLE), ("ipv4", S.NFT_HOSTPORT_TABLE)):
             for listed in (fw._snapshot(fam, table) or {}).values():
                 counts.update(nft._comment_of(text) for text, _ in listed)
     else:
