@@ -51,6 +51,8 @@ class Rollback:
 
 def add(req: Request) -> Result:
     conf = bridge_config.parse(req.config, req.args)
+    if conf.layer3:
+        bridge_ipam.validate(conf, req)
     from cni_flannel.net.handle import Handle
     from cni_flannel.plugins import bridge_link as bl
 
@@ -113,7 +115,9 @@ def add(req: Request) -> Result:
 
 def validate(req: Request) -> None:
     """Check the configuration without changing anything (flannel runs this before saving it)."""
-    bridge_config.parse(req.config, req.args)
+    conf = bridge_config.parse(req.config, req.args)
+    if conf.layer3:
+        bridge_ipam.validate(conf, req)
 
 
 def delete(req: Request) -> None:

@@ -11,6 +11,16 @@ from cni_flannel.plugins.bridge_config import BridgeConfig
 IN_PROCESS = "host-local"
 
 
+def validate(conf: BridgeConfig, req: Request) -> None:
+    """Refuse a bad in-process host-local section before ADD changes anything."""
+    if conf.ipam_type == IN_PROCESS:
+        from cni_flannel.ipam.config import parse_ipam
+
+        c = req.config
+        parse_ipam(conf.ipam, conf.network, c.cni_version, cni_args=req.args,
+                   runtime_config=c.runtime_config, conf_args=c.args)
+
+
 def allocate(conf: BridgeConfig, req: Request) -> Result:
     if conf.ipam_type == IN_PROCESS:
         from cni_flannel.ipam import host_local

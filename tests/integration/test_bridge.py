@@ -199,6 +199,37 @@ def test_dual_stack(node, pod):
     assert masq_rules(node) == [] and ip_files(node) == []
 
 
+@pytest.mark.parametrize("driver", ["exec", "libcni", "gocni"])
+def test_ipv6_only(node, pod, driver):
+    c = conf(isDefaultGateway=True)
+    c["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "fd00:10:244:1::/64"}]]}
+    pods = [pod(), pod()]
+    if driver == "exec":
+        addrs = [add(node, p, c).json["ips"][0]["address"] for p in pods]
+    else:
+        node.write_file("/etc/cni/net.d/10-cbr.conflist",
+                        json.dumps({"cniVersion": "1.0.0", "name": NET, "plugins": [dict(c, cniVersion=None)]}))
+        if driver == "libcni":
+            addrs = [drivers.libcni(node, "add", NET, p, cid=p.name)["ips"][0]["address"] for p in pods]
+        else:
+            addrs = [drivers.gocni(node, "add", p, cid=p.name)["Interfaces"]["eth0"]["IPConfigs"][0]["IP"] + "/64"
+                     for p in pods]
+    assert addrs == ["fd00:10:244:1::2/64", "fd00:10:244:1::3/64"]
+    gw = json.loads(node.run(["ip", "-6", "-j", "addr", "show", "cni0"]).stdout)[0]["addr_info"]
+    assert "fd00:10:244:1::1" in [a["local"] for a in gw]
+    route = json.loads(pods[0].run(["ip", "-6", "-j", "route", "show", "default"]).stdout)
+    assert route and route[0]["gateway"] == "fd00:10:244:1::1"
+    assert pods[0].ping(addrs[1].split("/")[0], timeout=5) and pods[1].ping("fd00:10:244:1::1", timeout=5)
+    for p in pods:
+        if driver == "exec":
+            assert run_plugin("bridge", "DEL", c, netns=p.path, node=node, container_id=p.name).rc == 0
+        elif driver == "libcni":
+            drivers.libcni(node, "del", NET, p, cid=p.name)
+        else:
+            drivers.gocni(node, "del", p, cid=p.name)
+    assert masq_rules(node) == [] and ip_files(node) == [] and vethes(node) == []
+
+
 def test_existing_non_bridge_link_is_refused(node, pod):
     node.run(["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0peer"])
     p = pod()

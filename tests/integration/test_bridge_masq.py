@@ -64,13 +64,19 @@ def test_gc_removes_rules_and_addresses_of_unlisted_attachments(node, pod):
     assert "10.244.3.2" not in files and "10.244.3.3" in files
 
 
-def test_status_forwards_to_ipam(node):
+def test_status_forwards_to_ipam(node, pod):
     r = run_plugin("bridge", "STATUS", conf(), netns=None, ifname=None, container_id=None, node=node)
     assert r.rc == 0, r
-    bad = conf()
-    bad["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "10.244.3.0/30"}]]}
-    r = run_plugin("bridge", "STATUS", bad, netns=None, ifname=None, container_id=None, node=node)
-    assert r.rc == 0 or r.json["code"] in (7, 50), r
+    small = conf()
+    small["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "10.244.3.0/30"}]]}  # one free address
+    assert run_plugin("bridge", "STATUS", small, netns=None, ifname=None, container_id=None, node=node).rc == 0
+    assert run_plugin("bridge", "ADD", small, netns=pod().path, node=node, container_id="c1").rc == 0
+    full = run_plugin("bridge", "STATUS", small, netns=None, ifname=None, container_id=None, node=node)
+    assert full.rc == 1 and full.json["code"] == 50, full
+    broken = conf()
+    broken["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "10.244.3.0/99"}]]}
+    bad = run_plugin("bridge", "STATUS", broken, netns=None, ifname=None, container_id=None, node=node)
+    assert bad.rc == 1 and bad.json["code"] == 7, bad
 
 
 BAD = [
@@ -78,6 +84,15 @@ BAD = [
     {"hairpinMode": True, "promiscMode": True}, {"mtu": 10}, {"bridge": "a-bridge-name-16"},
     {"ipam": {"ranges": []}}, {"ipMasqBackend": "pf"}, {"isGateway": "yes"},
     {"runtimeConfig": {"mac": "nonsense"}},
+    {"vlan": -1}, {"vlan": "10"}, {"vlanTrunk": [{"minID": 10, "maxID": 5}]}, {"vlanTrunk": "10-20"},
+    {"mtu": 70000}, {"mtu": "1500"}, {"bridge": "bad/name"}, {"bridge": 5}, {"ipam": {"type": 5}},
+    {"ipam": "host-local"}, {"hairpinMode": "true"}, {"ipMasq": 1}, {"forceAddress": "no"},
+    {"dns": "8.8.8.8"}, {"args": {"cni": {"mac": "zz:zz:zz:zz:zz:zz"}}},
+    {"disableContainerInterface": True},
+    {"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/33"}]]}},
+    {"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.9.0.1"}]]}},
+    {"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "10.244.1.0/25"}]]}},
+    {"ipam": {"type": "host-local", "subnet": "10.244.1.0/24", "dataDir": "relative/dir"}},
 ]
 
 
@@ -86,7 +101,8 @@ def test_bad_input_changes_nothing(node, pod, over):
     p = pod()
     before = node.run(["ip", "-o", "link"]).stdout, p.run(["ip", "-o", "link"]).stdout
     r = run_plugin("bridge", "ADD", conf(**over), netns=p.path, node=node, container_id="c1")
-    assert r.rc == 1 and r.json["code"] == 7, r
+    code = 6 if over in ({"ipam": "host-local"}, {"dns": "8.8.8.8"}) else 7  # 6: a section is not an object
+    assert r.rc == 1 and r.json["code"] == code, r
     assert r.stderr == ""
     assert (node.run(["ip", "-o", "link"]).stdout, p.run(["ip", "-o", "link"]).stdout) == before
     assert nat_cni(node) == [] and not node.exists(f"/var/lib/cni/networks/{NET}")
