@@ -16,9 +16,7 @@ Pods are created through containerd's own CNI library (go-cni).
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
 import sys
 import time
 from typing import Dict, List, Tuple

@@ -16,7 +16,6 @@ error — :class:`InvalidConfig` (7).  Both name the file and the key.
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 

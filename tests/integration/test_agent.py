@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any, Dict
 
 from tests.conftest import AGENT_SOCKET, start_agent

@@ -96,7 +96,7 @@ def run_container(container: Dict[str, Any], pod_spec: Dict[str, Any], configmap
     for link in ("bin", "sbin", "lib", "lib64"):
         if Path(f"/{link}").is_symlink():  # merged /usr (Debian 12)
             (root / link).symlink_to(f"usr/{link}")
-    mounts = [f'mount --bind /usr "$R/usr"', f'mount -o remount,bind,ro "$R/usr"',
+    mounts = ['mount --bind /usr "$R/usr"', 'mount -o remount,bind,ro "$R/usr"',
               f'mkdir -p "$R{IMAGE_HOME}"', f'mount --bind {shlex.quote(str(image))} "$R{IMAGE_HOME}"',
               f'mount -o remount,bind,ro "$R{IMAGE_HOME}"']
     for vm in container.get("volumeMounts", []):

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import pytest
 
 from tests.harness import drivers
-from tests.harness.netns import Node, Pod, run
+from tests.harness.netns import Node, Pod
 from tests.harness.plugins import reference_dir
 
 NET = "pmnet"

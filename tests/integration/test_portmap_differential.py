@@ -4,7 +4,6 @@ table, and each plugin's CHECK and DEL work on the other's rules (an operator
 can swap the binaries)."""
 from __future__ import annotations
 
-import json
 from typing import Dict, List
 
 import pytest
