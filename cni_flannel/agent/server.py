@@ -94,11 +94,14 @@ def _peer_uid(conn: socket.socket) -> int:
 
 def handle(conn: socket.socket) -> None:
     """Serve one request in this (forked, single-threaded) worker."""
+    if _peer_uid(conn) != 0:  # before decoding anything: marshal trusts its input
+        conn.sendall(handoff.encode({"refused": "only root may use the agent"}))
+        return
     fds: List[int] = []
     request = handoff.recv_message(conn, fds)
     if request is None:
         return
-    why = _refusal(conn, request, fds)
+    why = _refusal(request, fds)
     if why:
         conn.sendall(handoff.encode({"refused": why}))
         return
@@ -119,8 +122,8 @@ def handle(conn: socket.socket) -> None:
     os.environ.update(env)
     from ..cni import skel
 
-    code, out = skel.run(request["plugin"], os.environ, request["stdin"].encode("latin-1"))
-    conn.sendall(handoff.encode({"code": code, "out": out}))
+    code, text = skel.render(*skel.run(request["plugin"], os.environ, request["stdin"]))
+    conn.sendall(handoff.encode({"code": code, "stdout": text}))
     _note(f"{request['plugin']} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} exit {code}")
 
 
@@ -132,12 +135,10 @@ def _note(line: str) -> None:
         pass
 
 
-def _refusal(conn: socket.socket, request: Dict[str, Any], fds: List[int]) -> str:
-    if _peer_uid(conn) != 0:
-        return "only root may use the agent"
+def _refusal(request: Dict[str, Any], fds: List[int]) -> str:
     if request.get("proto") != handoff.PROTO or request.get("version") != __version__:
         return f"agent runs cni-flannel {__version__}, protocol {handoff.PROTO}"
-    if len(fds) != 2 or not isinstance(request.get("env"), dict) or not isinstance(request.get("stdin"), str):
+    if len(fds) != 2 or not isinstance(request.get("env"), dict) or not isinstance(request.get("stdin"), bytes):
         return "malformed request"
     return ""
 

@@ -8,7 +8,6 @@ the result or the error — on stdout.  Nothing else is ever printed there.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from . import version as cniversion
@@ -39,11 +38,18 @@ def main(plugin: str) -> NoReturn:
         from .handoff import try_handoff  # the resident agent, when one runs, saves us the imports
 
         reply = try_handoff(plugin, os.environ, stdin)
-    code, out = reply if reply is not None else run(plugin, os.environ, stdin)
-    if out is not None:
-        sys.stdout.write(json.dumps(out))
+    code, text = reply if reply is not None else render(*run(plugin, os.environ, stdin))
+    if text is not None:
+        sys.stdout.write(text)
         sys.stdout.flush()
     sys.exit(code)
+
+
+def render(code: int, out: "Optional[Dict[str, Any]]") -> "Tuple[int, Optional[str]]":
+    """What goes to stdout for a run() outcome: the one JSON document, or nothing."""
+    import json
+
+    return code, (json.dumps(out) if out is not None else None)
 
 
 def run(plugin: str, environ: Mapping[str, str], stdin: bytes) -> Tuple[int, Optional[Dict[str, Any]]]:
@@ -86,6 +92,8 @@ def _read_stdin() -> bytes:
 
 def _asked_version(stdin: bytes) -> str:
     """VERSION never fails: a missing or broken stdin just means "current"."""
+    import json
+
     try:
         asked = json.loads(stdin).get("cniVersion") or cniversion.DEFAULT
         return asked if isinstance(asked, str) else cniversion.CURRENT

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 TYPE_CHECKING = False  # keep the VERSION path free of typing's import cost
 if TYPE_CHECKING:
     from typing import Tuple
@@ -11,6 +9,7 @@ if TYPE_CHECKING:
 from .errors import DecodeFailure, IncompatibleVersion
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+_SUPPORTED_TEXT = "[" + ", ".join('"%s"' % v for v in SUPPORTED_VERSIONS) + "]"
 CURRENT = "1.1.0"
 #: A config without cniVersion is 0.1.0 (SPEC.md "Version considerations").
 DEFAULT = "0.1.0"
@@ -34,7 +33,7 @@ def at_least(version: str, minimum: str) -> bool:
 def require_supported(version: str) -> None:
     if version not in SUPPORTED_VERSIONS:
         raise IncompatibleVersion(
-            f'incompatible CNI versions; config is "{version}", plugin supports {json.dumps(list(SUPPORTED_VERSIONS))}'
+            f'incompatible CNI versions; config is "{version}", plugin supports {_SUPPORTED_TEXT}'
         )
 
 
