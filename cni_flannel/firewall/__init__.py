@@ -20,14 +20,14 @@ from typing import Optional
 from ._backend import Firewall
 from ._exec import Runner
 from ._iptables import IptablesFirewall, detect_mode
-from ._model import Chain, Hook, Rule, RuleSet
+from ._model import Chain, Hook, NftChainName, Rule, RuleSet
 from ._names import chain_name, comment_for, dnat_chain_name, dnat_comment_for
 from ._nft import NftFirewall
 
 BACKENDS = ("iptables", "iptables-nft", "iptables-legacy", "nftables")
 
-__all__ = ["BACKENDS", "Chain", "Firewall", "Hook", "IptablesFirewall", "NftFirewall", "Rule",
-           "RuleSet", "Runner", "backend_for", "chain_name", "comment_for", "detect_mode",
+__all__ = ["BACKENDS", "Chain", "Firewall", "Hook", "IptablesFirewall", "NftChainName", "NftFirewall",
+           "Rule", "RuleSet", "Runner", "backend_for", "chain_name", "comment_for", "detect_mode",
            "dnat_chain_name", "dnat_comment_for"]
 
 

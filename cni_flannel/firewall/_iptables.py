@@ -23,7 +23,7 @@ from cni_flannel.cni.errors import InvalidConfig
 
 from ._backend import Firewall
 from ._exec import Runner
-from ._model import Rule, RuleSet
+from ._model import NftChainName, Rule, RuleSet
 
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")
 MODES = ("nft", "legacy")
@@ -237,6 +237,9 @@ class IptablesFirewall(Firewall):
         if ruleset.family == "inet":
             raise InvalidConfig("the iptables backend has no 'inet' family: use one rule set per "
                                 "family (ipv4, ipv6)")
+        if ruleset.family == "bridge":
+            raise InvalidConfig("the iptables backend has no 'bridge' family: bridge rule sets "
+                                "need the nftables backend")
         if ruleset.table not in IPTABLES_TABLES:
             raise InvalidConfig(f"iptables has no table {ruleset.table!r}; use one of "
                                 f"{', '.join(IPTABLES_TABLES)}")
@@ -244,6 +247,10 @@ class IptablesFirewall(Firewall):
             if chain.hook is not None:
                 raise InvalidConfig(f"chain {chain.name!r}: hooks are for nftables; iptables "
                                     "rule sets hook from the built-in chains with jump rules")
+            if isinstance(chain.name, NftChainName) or any(
+                    isinstance(r.target, NftChainName) or r.ether_src is not None for r in chain.rules):
+                raise InvalidConfig(f"chain {chain.name!r}: long nftables chain names and ether "
+                                    "matches need the nftables backend")
 
     def comments(self, family: str, table: str) -> List[str]:
         found = {_option(tokens(spec), "--comment") for specs in self._snapshot(family, table).values()

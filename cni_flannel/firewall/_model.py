@@ -26,7 +26,7 @@ from cni_flannel.cni.errors import InvalidConfig
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-FAMILIES = ("ipv4", "ipv6", "inet")  # inet: nftables tables holding both
+FAMILIES = ("ipv4", "ipv6", "inet", "bridge")  # inet: nftables tables holding both; bridge: nftables L2
 VERDICTS = ("ACCEPT", "DROP", "RETURN", "MASQUERADE", "DNAT", "MARK")
 PROTOCOLS = ("tcp", "udp", "sctp")
 NFT_HOOK_TYPES = ("filter", "nat", "route")
@@ -34,6 +34,8 @@ NFT_HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 NFT_PRIORITIES = ("raw", "mangle", "dstnat", "filter", "security", "srcnat")
 
 CHAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,27}$")  # iptables allows 28 characters
+NFT_CHAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,254}$")  # nftables: NFT_NAME_MAXLEN 256 with NUL
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}$")
 # Printable ASCII without backslash or single quote (iptables-save escapes both); '"' is
@@ -68,7 +70,17 @@ def _ifname(what: str, value: str) -> Tuple[bool, str]:
     return negated, name
 
 
+class NftChainName(str):
+    """A chain name only nftables can hold (up to 255 characters, e.g. upstream's
+    ``cni-br-iface-<container id>-<ifname>``); the iptables backend refuses it."""
+
+
 def check_chain_name(name: str) -> str:
+    if isinstance(name, NftChainName):
+        if not NFT_CHAIN_RE.match(name):
+            raise _bad("nftables chain name", str(name), "must start with a letter and use only "
+                       "letters, digits, '_', '.', '-' (at most 255 characters)")
+        return name
     if not isinstance(name, str) or not CHAIN_RE.match(name):
         raise _bad("chain name", name, "must start with a letter and use only letters, digits, "
                    "'_', '.', '-' (at most 28 characters)")
@@ -111,6 +123,8 @@ class Rule:
     the rule in place on remove (infrastructure shared by many rule sets).
     ``multiport`` uses ``-m multiport`` even for one port and ``comment_first``
     puts the comment before the port match (the reference portmap's entry rules).
+    ``ether_src`` matches the frame's source MAC (nftables ``ether saddr``; bridge
+    or netdev tables).
     """
 
     target: str
@@ -131,6 +145,7 @@ class Rule:
     keep: bool = False
     multiport: bool = False
     comment_first: bool = False
+    ether_src: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.target not in VERDICTS:
@@ -153,6 +168,10 @@ class Rule:
             raise _bad("dports", self.dports, f"at most {MAX_MULTIPORT} ports per rule")
         if self.mark is not None:
             _mark("mark", self.mark)
+        if self.ether_src is not None and not (isinstance(self.ether_src, str)
+                                               and MAC_RE.match(self.ether_src)):
+            raise _bad("ether_src", self.ether_src, "must be a MAC address in lower case, "
+                       "e.g. 0a:58:0a:f4:01:02")
         if self.comment is not None:
             check_comment(self.comment)
         self._check_target_options()

@@ -18,7 +18,7 @@ from ._backend import Firewall
 from ._exec import command_error
 from ._model import Chain, Rule, RuleSet
 
-NFT_FAMILIES = {"ipv4": "ip", "ipv6": "ip6", "inet": "inet"}
+NFT_FAMILIES = {"ipv4": "ip", "ipv6": "ip6", "inet": "inet", "bridge": "bridge"}
 MAX_COMMENT = 128  # NFT_USERDATA comment limit as knftables enforces it
 VERBS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return"}
 Listed = List[Tuple[str, int]]  # (rule text, handle)
@@ -53,6 +53,8 @@ def rule_text(rule: Rule, family: str) -> str:
         if getattr(rule, what) is not None:
             negated, name = rule.interface(what)
             parts.append(f'{key} {"!= " * negated}"{name}"')
+    if rule.ether_src is not None:
+        parts.append(f"ether saddr {rule.ether_src}")
     if rule.proto and len(rule.dports) == 1:
         parts.append(f"{rule.proto} dport {rule.dports[0]}")
     elif rule.proto and rule.dports:
@@ -218,6 +220,10 @@ class NftFirewall(Firewall):
 
     def chains(self, family: str, table: str, prefix: str = "") -> List[str]:
         return sorted(c for c in (self._snapshot(family, table) or {}) if c.startswith(prefix))
+
+    def rules(self, family: str, table: str) -> Dict[str, List[str]]:
+        """{chain: [rule text as ``nft list`` prints it, without handle]}; {} without the table."""
+        return {c: [t for t, _ in listed] for c, listed in (self._snapshot(family, table) or {}).items()}
 
     def _snapshot(self, family: str, table: str) -> State:
         argv = ["nft", "-a", "list", "table", NFT_FAMILIES[family], table]

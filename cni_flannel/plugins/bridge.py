@@ -6,17 +6,20 @@ ADD     validate everything first (config, CNI_IFNAME free in the pod, the
         host end on the bridge (hairpin, isolation, VLANs), IPAM (host-local
         in-process, others exec'd), container sysctls/addresses/routes, gateway
         address on the bridge (conflict rule, forceAddress), ip_forward,
-        masquerade rules, wait for the port to come up.  Any failure undoes
+        masquerade rules, wait for the port to come up; with macspoofchk,
+        nftables rules dropping the pod's frames with another source MAC
+        (bridge_spoofchk) right after the veth.  Any failure undoes
         every change made so far, in reverse (veth, IPAM, rules).
         Result: interfaces [bridge, host veth, container], ips -> interface 2.
 DEL     remove CNI_IFNAME from the pod (if the netns is still there), release
-        IPAM, remove the masquerade rules by chain name/comment; all of it
+        IPAM, remove the spoof-check and masquerade rules by chain name/comment; all of it
         also with an empty or deleted CNI_NETNS, and again and again.
 CHECK   IPAM CHECK; the prevResult's bridge, container interface and host veth
         (peer of the container end, port of the bridge, hairpin as configured),
-        MTU, addresses, routes (also gateway-less ones) and masquerade rules.
-STATUS  IPAM STATUS.  GC: masquerade rules of attachments not in the valid
-        list, then IPAM GC.
+        MTU, addresses, routes (also gateway-less ones), masquerade and
+        spoof-check rules.
+STATUS  IPAM STATUS.  GC: masquerade and spoof-check rules of attachments not
+        in the valid list, then IPAM GC.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Callable, List, Tuple
 from cni_flannel.cni import crashpoint
 from cni_flannel.cni.request import Request
 from cni_flannel.cni.result import DNS, Interface, Result
-from cni_flannel.plugins import bridge_config, bridge_ipam, bridge_masq
+from cni_flannel.plugins import bridge_config, bridge_ipam, bridge_masq, bridge_spoofchk
 
 
 class Rollback:
@@ -53,6 +56,8 @@ def add(req: Request) -> Result:
     conf = bridge_config.parse(req.config, req.args)
     if conf.layer3:
         bridge_ipam.validate(conf, req)
+    if conf.macspoofchk:
+        bridge_spoofchk.validate(req.container_id, req.ifname)
     from cni_flannel.net.handle import Handle
     from cni_flannel.plugins import bridge_link as bl
 
@@ -68,6 +73,11 @@ def add(req: Request) -> Result:
             br = bl.ensure_bridge(node, conf)
             host, cont = bl.setup_veth(node, pod, conf, req.netns, req.ifname, br, undo)
             crashpoint.reached("bridge.veth")
+            if conf.macspoofchk:
+                undo("remove spoof-check rules",
+                     lambda: bridge_spoofchk.teardown(req.container_id, req.ifname))
+                bridge_spoofchk.setup(req.container_id, req.ifname, host.name, cont.mac)
+                crashpoint.reached("bridge.spoofchk")
             result = Result(cni_version=req.config.cni_version)
             if conf.layer3:
                 allocated = bridge_ipam.allocate(conf, req)
@@ -118,6 +128,8 @@ def validate(req: Request) -> None:
     conf = bridge_config.parse(req.config, req.args)
     if conf.layer3:
         bridge_ipam.validate(conf, req)
+    if conf.macspoofchk:
+        bridge_spoofchk.validate(req.container_id, req.ifname)
 
 
 def delete(req: Request) -> None:
@@ -129,6 +141,8 @@ def delete(req: Request) -> None:
     crashpoint.reached("bridge.del-iface")
     if conf.layer3:
         bridge_ipam.release(conf, req)
+    if conf.macspoofchk:
+        bridge_spoofchk.teardown(req.container_id, req.ifname)
     if conf.ip_masq:
         bridge_masq.teardown(conf, req.container_id, req.ifname)
 
@@ -155,5 +169,7 @@ def gc(req: Request) -> None:
         return  # no list: nothing can be known to be stale
     if conf.ip_masq:
         bridge_masq.gc(conf, {cid for cid, _ in valid}, set(valid))
+    if conf.macspoofchk:
+        bridge_spoofchk.gc(conf.bridge, set(valid))
     if conf.layer3:
         bridge_ipam.gc(conf, req, valid)

@@ -1,7 +1,7 @@
 """bridge CHECK: is the attachment ADD reported (the prevResult) still in place?
 
-As bridge.go cmdCheck, plus what it misses: MTU, hairpin, masquerade rules,
-and gateway-less routes (which the 1.1.1 reference wrongly reports missing).
+As bridge.go cmdCheck, plus what it misses: MTU, hairpin, masquerade and
+spoof-check rules, and gateway-less routes (which the 1.1.1 reference wrongly reports missing).
 Errors are InternalError (999) with the reference's wording where it has one.
 """
 
@@ -15,7 +15,7 @@ from cni_flannel.cni.request import Request
 from cni_flannel.cni.result import Interface
 from cni_flannel.net.handle import Handle
 from cni_flannel.net.types import Link
-from cni_flannel.plugins import bridge_masq
+from cni_flannel.plugins import bridge_masq, bridge_spoofchk
 from cni_flannel.plugins.bridge_config import BridgeConfig
 
 
@@ -60,6 +60,10 @@ def check_attachment(conf: BridgeConfig, req: Request) -> None:
                 if link.mtu != conf.mtu:
                     raise _fail(f"MTU of {link.name} is {link.mtu}, configured {conf.mtu}")
         _check_ips_and_routes(pod, cont, prev)
+    if conf.macspoofchk:
+        problems = bridge_spoofchk.missing(req.container_id, req.ifname, host.name, cont.mac)
+        if problems:
+            raise _fail("spoof-check rules missing or wrong", "; ".join(problems))
     if conf.ip_masq and prev.ips:
         problems = bridge_masq.missing(conf, req.container_id, req.ifname, prev.ips)
         if problems:

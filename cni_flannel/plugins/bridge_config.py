@@ -5,8 +5,8 @@ cmdAdd's early checks).  Every problem is InvalidConfig (code 7), raised
 before ADD changes anything; we also refuse what the reference lets through
 silently (a wrongly typed option, an MTU no link accepts, overlapping trunk
 ranges, an ipam section without a type, a malformed MAC).  Not implemented
-yet, refused with UnsupportedField (2): macspoofchk, and isGateway together
-with vlan (the reference's <bridge>.<vlan> gateway veth).
+yet, refused with UnsupportedField (2): isGateway together with vlan (the
+reference's <bridge>.<vlan> gateway veth).
 """
 
 from __future__ import annotations
@@ -180,9 +180,6 @@ def parse(conf: NetConf, cni_args: Optional[Dict[str, str]] = None) -> BridgeCon
     if flags["disableContainerInterface"] and ipam:
         raise _bad("disableContainerInterface cannot be used with IPAM",
                    "a container interface that stays down cannot carry addresses; drop one of them")
-    if flags["macspoofchk"]:
-        raise UnsupportedField("macspoofchk is not supported by this bridge plugin yet",
-                               "drop macspoofchk, or use the reference bridge plugin for this network")
     if vlan and (flags["isGateway"] or flags["isDefaultGateway"]) and ipam:
         raise UnsupportedField("isGateway with vlan is not supported by this bridge plugin yet",
                                "the reference puts the gateway on a <bridge>.<vlan> veth; drop one of them")

@@ -67,7 +67,12 @@ def test_bad_config_is_invalid_config(over, msg):
     assert info.value.details  # every error says what to do
 
 
-@pytest.mark.parametrize("over", [{"macspoofchk": True}, {"vlan": 10, "isGateway": True}])
+def test_macspoofchk_is_accepted():
+    assert parse(netconf(macspoofchk=True)).macspoofchk is True
+    assert parse(netconf()).macspoofchk is False
+
+
+@pytest.mark.parametrize("over", [{"vlan": 10, "isGateway": True}])
 def test_not_yet_supported_options_are_refused(over):
     from cni_flannel.cni.errors import UnsupportedField
 
