@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import struct
+import time
 from typing import Any, Dict, List
 
 from .. import __version__
@@ -92,7 +93,7 @@ def _peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def handle(conn: socket.socket) -> None:
+def handle(conn: socket.socket, accepted_at: float = 0.0) -> None:
     """Serve one request in this (forked, single-threaded) worker."""
     if _peer_uid(conn) != 0:  # before decoding anything: marshal trusts its input
         conn.sendall(handoff.encode({"refused": "only root may use the agent"}))
@@ -122,9 +123,12 @@ def handle(conn: socket.socket) -> None:
     os.environ.update(env)
     from ..cni import skel
 
+    started = time.monotonic()
     code, text = skel.render(*skel.run(request["plugin"], os.environ, request["stdin"]))
     conn.sendall(handoff.encode({"code": code, "stdout": text}))
-    _note(f"{request['plugin']} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} exit {code}")
+    done = time.monotonic()
+    _note(f"{request['plugin']} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} exit {code} "
+          f"({(started - accepted_at) * 1000:.1f} ms to start, {(done - started) * 1000:.1f} ms to run)")
 
 
 def _note(line: str) -> None:
@@ -170,9 +174,10 @@ def serve(path: str, ready_fd: int = -1) -> None:
     try:
         while True:
             conn, _ = server.accept()
+            accepted_at = time.monotonic()
             pid = os.fork()
             if pid == 0:
-                _worker(server, conn)
+                _worker(server, conn, accepted_at)
             conn.close()
     finally:
         server.close()
@@ -186,13 +191,13 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _worker(server: socket.socket, conn: socket.socket) -> None:
+def _worker(server: socket.socket, conn: socket.socket, accepted_at: float) -> None:
     code = 0
     try:
         server.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs to wait for its children
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        handle(conn)
+        handle(conn, accepted_at)
     except BaseException as exc:  # a transport fault: let the binary run the request itself
         code = 1
         try:
