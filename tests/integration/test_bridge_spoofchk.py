@@ -13,7 +13,7 @@ import pytest
 
 from tests.harness.exec import run_plugin
 from tests.harness.plugins import reference_dir
-from tests.integration.test_bridge import NET, add, conf, ip_files, links, vethes
+from tests.integration.test_bridge import add, conf, ip_files, links, vethes
 
 SPOOF = "02:42:de:ad:be:ef"
 

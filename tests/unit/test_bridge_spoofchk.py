@@ -106,7 +106,8 @@ def test_teardown_needs_only_id_and_ifname_and_spares_other_pods():
 def test_teardown_of_a_half_made_set_goes_by_comment():
     # a jump whose chains are gone (e.g. removed by hand): found by its comment
     state = {"prerouting": [(f'iifname "{VETH}" jump cni-br-iface-{REF} {C}', 4)]}
-    assert plan_remove(sc.owner(CID, IFNAME), state) == ["delete rule bridge cni_spoofcheck prerouting handle 4"]
+    assert plan_remove(sc.owner(CID, IFNAME), state) == [
+        "delete rule bridge cni_spoofcheck prerouting handle 4"]
 
 
 def test_teardown_of_the_older_go_nft_layout():
