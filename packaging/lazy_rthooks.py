@@ -17,6 +17,7 @@ Measured (hyperfine, VERSION of a stdlib-only entry in the same bundle as pyrout
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterable, List, Tuple
 
 # runtime-hook name -> module whose first import triggers it
@@ -80,14 +81,51 @@ del _cni_flannel_lazy_rthooks
 '''
 
 
+# PyInstaller's bootstrap (pyiboot01_bootstrap, an entry of the PYZ's dependencies, not of
+# Analysis.scripts) imports ctypes on every start (~3-4 ms, dlopen of libffi) only to wrap ctypes'
+# library loaders with friendlier errors.  Only the agent uses ctypes (setns), so the spec swaps in
+# a bootstrap that skips it, and the lazy finder runs the same wrapping when ctypes is first imported.
+BOOTSTRAP = "pyiboot01_bootstrap"
+EAGER_CTYPES = "    import pyimod03_ctypes  # noqa: E402\n    pyimod03_ctypes.install()\n"
+LAZY_CTYPES = "import pyimod03_ctypes\npyimod03_ctypes.install()\n"
+
+
+def _bootstrap_source() -> Tuple[str, str]:
+    from PyInstaller.depend.analysis import get_bootstrap_modules
+
+    path = next(p for name, p, _ in get_bootstrap_modules() if name == BOOTSTRAP)
+    with open(path, encoding="utf-8") as f:
+        return path, f.read()
+
+
+def can_defer_ctypes() -> bool:
+    """Whether this PyInstaller's bootstrap has the eager ctypes hook we know how to defer."""
+    found = EAGER_CTYPES in _bootstrap_source()[1]
+    if not found:
+        print("lazy_rthooks: PyInstaller's bootstrap changed; its ctypes hook stays eager", file=sys.stderr)
+    return found
+
+
+def defer_bootstrap_ctypes(dependencies: List[Tuple[str, str, str]], workdir: str) -> List[Tuple[str, str, str]]:
+    """The PYZ dependencies with the bootstrap replaced by one that leaves ctypes alone."""
+    _, source = _bootstrap_source()
+    patched = os.path.join(workdir, BOOTSTRAP + ".py")
+    os.makedirs(workdir, exist_ok=True)
+    with open(patched, "w", encoding="utf-8") as f:
+        f.write(source.replace(EAGER_CTYPES, "    pass  # cni-flannel: ctypes hooks run on its first import\n"))
+    return [(n, patched, t) if n == BOOTSTRAP else (n, p, t) for n, p, t in dependencies]
+
+
 def make_lazy(scripts: List[Tuple[str, str, str]], workdir: str,
-              drop: Iterable[str] = DROP) -> List[Tuple[str, str, str]]:
+              drop: Iterable[str] = DROP, lazy_ctypes: bool = False) -> List[Tuple[str, str, str]]:
     """Return `scripts` without the hooks in `drop` and with the other hooks in LAZY replaced by
-    one deferred hook (at the position of the first)."""
-    hooks = {}
+    one deferred hook (at the position of the first); with `lazy_ctypes`, that hook also runs the
+    bootstrap's ctypes wrapping on ctypes' first import (see defer_bootstrap_ctypes)."""
+    hooks = {"ctypes": LAZY_CTYPES} if lazy_ctypes else {}
     out: List[Tuple[str, str, str]] = []
     position = None
     drop = set(drop)
+    os.makedirs(workdir, exist_ok=True)
     for entry in scripts:
         name, path = entry[0], entry[1]
         if name in drop:
@@ -106,5 +144,7 @@ def make_lazy(scripts: List[Tuple[str, str, str]], workdir: str,
     os.makedirs(workdir, exist_ok=True)
     with open(hook_path, "w", encoding="utf-8") as f:
         f.write(source)
+    if position is None:  # no lazy runtime hook: the finder goes right before the entry script
+        position = len(out) - 1
     out.insert(position, ("pyi_rth_cni_flannel_lazy", hook_path, "PYSOURCE"))
     return out

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from typing import Any, Dict
 
 from tests.conftest import AGENT_SOCKET, start_agent
 from tests.harness.exec import run_plugin
+from tests.harness.netns import remove_netns
 
 IPAM = {"cniVersion": "1.0.0", "name": "hl", "type": "host-local",
         "ipam": {"type": "host-local", "subnet": "10.244.7.0/24"}}
@@ -71,6 +74,29 @@ def test_agent_refuses_non_root_callers(node: Any, pod: Any) -> None:
     # as nobody, the socket (mode 0600) cannot even be opened: the plugin falls back to in-process
     # and fails there for lack of privileges on /var/lib/cni, never through the agent
     done = node.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/opt/cni/bin/host-local"],
-                    input=__import__("json").dumps(IPAM), env=env, check=False)
+                    input=json.dumps(IPAM), env=env, check=False)
     assert done.returncode == 1 and '"code"' in done.stdout
     assert _held(node) == {}
+
+
+def test_worker_joins_the_callers_network_namespace(node: Any, pod: Any) -> None:
+    """A caller in another network namespace (sharing the node's files) gets its bridge there:
+    the worker really setns()es into the caller's namespace, not the agent's."""
+    agent = start_agent(node)
+    alt = f"{node.netns}-alt"
+    node.lab.add_finalizer(lambda: remove_netns(alt))
+    subprocess.run(["ip", "netns", "add", alt], check=True)
+    conf = {"cniVersion": "1.0.0", "name": "alt", "type": "bridge", "bridge": "cni9", "isGateway": True,
+            "ipam": {"type": "host-local", "subnet": "10.244.9.0/24"}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "a", "CNI_NETNS": pod().path, "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    done = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{alt}", f"--mount={node.mnt}", "--", "/opt/cni/bin/bridge"],
+        input=json.dumps(conf).encode(), env=env, capture_output=True)
+    assert done.returncode == 0, done
+    in_alt = subprocess.run(["ip", "-n", alt, "link", "show", "cni9"], capture_output=True)
+    assert in_alt.returncode == 0, "the bridge is not in the caller's namespace"
+    assert node.run(["ip", "link", "show", "cni9"], check=False).returncode != 0  # nor in the agent's
+    assert "10.244.9.2" in node.run(["ls", "/var/lib/cni/networks/alt"]).stdout  # the node's files
+    agent.terminate()
+    assert "bridge ADD a exit 0" in agent.communicate(timeout=10)[1].decode()  # not a fallback
