@@ -187,8 +187,11 @@ def test_daemonset_shape(docs, pod_spec) -> None:
     assert pod_spec["hostNetwork"] is True
     assert pod_spec["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     assert [c["name"] for c in pod_spec["initContainers"]] == ["install-cni-plugin", "install-cni"]
-    (main,) = pod_spec["containers"]
-    assert main["image"] == "cni-flannel:latest"
+    main, agent = pod_spec["containers"]
+    assert main["image"] == agent["image"] == "cni-flannel:latest"
+    assert agent["command"] + agent["args"] == [f"{IMAGE_HOME}/dist/cni/flannel", "agent", "--socket",
+                                                "/run/flannel/cni-agent.sock"]
+    assert agent["securityContext"]["privileged"] is True  # setns() into the caller's namespaces
     assert main["command"] + main["args"] == ["/opt/cni-flannel/flanneld", "--ip-masq", "--kube-subnet-mgr"]
     assert {e["name"] for e in main["env"]} >= {"POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
 
@@ -204,6 +207,7 @@ def test_daemonset_shape(docs, pod_spec) -> None:
     assert host_mounts(main) == {"/run/flannel": "/run/flannel", "/etc/kube-flannel": "configMap",
                                  "/run/xtables.lock": "/run/xtables.lock", "/var/lib/cni": "/var/lib/cni"}
     assert volumes["xtables-lock"]["hostPath"]["type"] == "FileOrCreate"
+    assert host_mounts(agent) == {"/run/flannel": "/run/flannel"}
     plugin_init, conf_init = pod_spec["initContainers"]
     assert host_mounts(plugin_init) == {"/opt/cni/bin": "/opt/cni/bin"}
     assert host_mounts(conf_init) == {"/etc/cni/net.d": "/etc/cni/net.d", "/etc/kube-flannel": "configMap"}
