@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import time
 from typing import Dict, List, Tuple
@@ -29,6 +30,18 @@ from tests.harness import drivers  # noqa: E402
 from tests.harness.netns import Lab, Node, Pod  # noqa: E402
 
 NETWORK = "10.244.0.0/16"
+HOST_PORT = 30080
+SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(8); print("listening", flush=True)
+while True:
+    c, peer = s.accept(); c.sendall(f"hello from pod a (you are {peer[0]})".encode()); c.close()
+"""
+CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print(s.recv(200).decode())
+"""
 SUBNETS = {"node1": "10.244.1.1/24", "node2": "10.244.2.1/24"}
 BOLD, DIM, GREEN, RED, END = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
 
@@ -73,12 +86,14 @@ def main() -> int:
         pods: Dict[str, Tuple[Pod, str]] = {}
         for name, node in [("a", nodes["node1"]), ("b", nodes["node1"]), ("c", nodes["node2"]), ("d", nodes["node2"])]:
             pod = node.add_pod(f"pod{name}")
+            ports = [{"HostPort": HOST_PORT, "ContainerPort": 8080, "Protocol": "tcp"}] if name == "a" else None
             started = time.monotonic()
-            result = drivers.gocni(node, "add", pod, cid=f"sandbox-{name}", pod_name=f"web-{name}")
+            result = drivers.gocni(node, "add", pod, cid=f"sandbox-{name}", pod_name=f"web-{name}", portmap=ports)
             took = (time.monotonic() - started) * 1000
             ip = result["Interfaces"]["eth0"]["IPConfigs"][0]["IP"]
             pods[name] = (pod, ip)
-            print(f"  pod {name} on {node.name}: eth0 {ip}  ({took:.0f} ms through go-cni)")
+            extra = f", hostPort {HOST_PORT} -> 8080" if ports else ""
+            print(f"  pod {name} on {node.name}: eth0 {ip}{extra}  ({took:.0f} ms through go-cni)")
         show(nodes["node1"], ["ip", "-br", "addr", "show", "cni0"])
         show(nodes["node1"], ["bridge", "link", "show"])
         show(nodes["node1"], ["sh", "-c", "ls /var/lib/cni/networks/cbr0; echo; cat /var/lib/cni/flannel/sandbox-a; echo"])
@@ -93,11 +108,27 @@ def main() -> int:
             print(f"  {a} -> {b} {ipb:<12} {'same node ' if same else 'cross-node'}  "
                   f"{GREEN + 'ok' if ok else RED + 'FAILED'}{END}")
 
+        say(f"hostPort: pod a serves on :8080; pod c connects to node1's address {nodes['node1'].underlay_ip}:{HOST_PORT}")
+        srv = subprocess.Popen(["ip", "netns", "exec", pods["a"][0].netns, sys.executable, "-c", SERVER],
+                               stdout=subprocess.PIPE)
+        srv.stdout.readline()  # "listening"
+        lab.add_finalizer(srv.kill)  # the server runs in pod a until the lab closes
+        reply = pods["c"][0].run([sys.executable, "-c", CLIENT, nodes["node1"].underlay_ip, str(HOST_PORT)],
+                                 check=False).stdout.strip()
+        ok = reply.startswith("hello from pod a")
+        failures += not ok
+        print(f"  pod c -> {nodes['node1'].underlay_ip}:{HOST_PORT}: {reply or 'no answer'}  "
+              f"{GREEN + 'ok' if ok else RED + 'FAILED'}{END}")
+        show(nodes["node1"], ["sh", "-c", "iptables-save -t nat | grep -E 'CNI-HOSTPORT-DNAT|CNI-DN-' | head -6"])
+
         say("Deleting the pods (DEL through go-cni), then what is left on the nodes")
         for name, (pod, _) in pods.items():
-            drivers.gocni(pod.node, "del", pod, cid=f"sandbox-{name}", pod_name=f"web-{name}")
+            ports = [{"HostPort": HOST_PORT, "ContainerPort": 8080, "Protocol": "tcp"}] if name == "a" else None
+            drivers.gocni(pod.node, "del", pod, cid=f"sandbox-{name}", pod_name=f"web-{name}", portmap=ports)
         for node in nodes.values():
-            show(node, ["sh", "-c", "ls -A /var/lib/cni/flannel /var/lib/cni/networks/cbr0; ip -br link | grep -c veth || true"])
+            show(node, ["sh", "-c", "ls -A /var/lib/cni/flannel /var/lib/cni/networks/cbr0; "
+                              "echo veths: $(ip -br link | grep -c veth); "
+                              "echo CNI rules: $(iptables-save -t nat | grep -c 'CNI-DN-')"])
         say(f"{'All pods reached each other' if not failures else f'{failures} pings failed'}; removing the namespaces")
         return 1 if failures else 0
 
