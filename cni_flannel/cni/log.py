@@ -1,19 +1,28 @@
-"""Plugin logging: to a file, never to stdout (stdout carries the result)."""
+"""Plugin logging: to a file, never to stdout (stdout carries the result).
+
+``logging`` itself is imported on first use (~5 ms), not when a plugin module
+that may log is imported: most invocations never write a line.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 
 DEFAULT_PATH = "/var/log/cni-flannel.log"
 _NAME = "cni-flannel"
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
 
-def logger() -> logging.Logger:
+
+def logger() -> "logging.Logger":
     """The plugin logger, writing to $CNI_FLANNEL_LOG (default /var/log/cni-flannel.log).
 
     An unwritable log path silences logging rather than failing the pod.
     """
+    import logging
+
     path = os.environ.get("CNI_FLANNEL_LOG", DEFAULT_PATH)
     log = logging.getLogger(_NAME)
     if getattr(log, "_cni_path", None) != path:
