@@ -10,30 +10,27 @@ SUITE=bullseye
 say() { echo "portable: $*" >&2; }
 die() { echo "portable: $*" >&2; exit 1; }
 
+# Archive URIs from the host's apt sources (deb822 .sources and one-line .list files).
+_apt_uris() {
+    {
+        sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null
+        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' \
+            /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
+    } | tr ' ' '\n' | grep -E '^https?://'
+}
+
 # The Debian mirror the host's apt uses (first "debian" archive URI in its sources), so the build
 # talks to no other network than the one apt already does.
 host_mirror() {
     local uri
-    uri=$(
-        {
-            sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null
-            awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' \
-                /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
-        } | tr ' ' '\n' | grep -E '^https?://' | grep -E '/debian/?$' | head -1
-    )
+    uri=$(_apt_uris | grep -E '/debian/?$' | head -1)
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
 # The security archive next to it (same host), e.g. http://deb.debian.org/debian-security.
 host_security_mirror() {
     local uri
-    uri=$(
-        {
-            sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null
-            awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' \
-                /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
-        } | tr ' ' '\n' | grep -E '^https?://' | grep -E '/debian-security/?$' | head -1
-    )
+    uri=$(_apt_uris | grep -E '/debian-security/?$' | head -1)
     echo "${uri:-$(host_mirror)-security}"
 }
 
