@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from cni_flannel.net import _nl
 from cni_flannel.net.errors import NotFound, translate
-from cni_flannel.net.types import IFF_PROMISC, IFF_UP, Link
+from cni_flannel.net.types import IFF_PROMISC, IFF_UP, Link, VxlanInfo
 
 LinkRef = Union[int, str]
 
@@ -14,11 +14,21 @@ _PORT_FLAGS = {"hairpin": "IFLA_BRPORT_MODE", "learning": "IFLA_BRPORT_LEARNING"
                "isolated": "IFLA_BRPORT_ISOLATED"}
 
 
+def _to_vxlan(data: Any) -> VxlanInfo:
+    return VxlanInfo(vni=data.get_attr("IFLA_VXLAN_ID") or 0,
+                     local=data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6"),
+                     port=data.get_attr("IFLA_VXLAN_PORT") or 0,
+                     learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+                     gbp=data.get_attr("IFLA_VXLAN_GBP") is not None,
+                     link=data.get_attr("IFLA_VXLAN_LINK") or 0)
+
+
 def _to_link(msg: Any) -> Link:
     info = _nl.attr(msg, "IFLA_LINKINFO")
     kind = ""
     port: Dict[str, int] = {}
     vlan_filtering = None
+    vxlan = None
     if info is not None:
         kind = info.get_attr("IFLA_INFO_KIND") or ""
         if info.get_attr("IFLA_INFO_SLAVE_KIND") == "bridge":
@@ -32,12 +42,14 @@ def _to_link(msg: Any) -> Link:
             data = info.get_attr("IFLA_INFO_DATA")
             if data is not None and data.get_attr("IFLA_BR_VLAN_FILTERING") is not None:
                 vlan_filtering = bool(data.get_attr("IFLA_BR_VLAN_FILTERING"))
+        if kind == "vxlan" and info.get_attr("IFLA_INFO_DATA") is not None:
+            vxlan = _to_vxlan(info.get_attr("IFLA_INFO_DATA"))
     return Link(index=msg["index"], name=_nl.attr(msg, "IFLA_IFNAME", ""), kind=kind,
                 mac=_nl.attr(msg, "IFLA_ADDRESS", "") or "", mtu=_nl.attr(msg, "IFLA_MTU", 0),
                 flags=msg["flags"], master=_nl.attr(msg, "IFLA_MASTER", 0) or 0,
                 peer_netnsid=_nl.attr(msg, "IFLA_LINK_NETNSID"), port=port,
                 vlan_filtering=vlan_filtering,
-                operstate=str(_nl.attr(msg, "IFLA_OPERSTATE", "") or ""))
+                operstate=str(_nl.attr(msg, "IFLA_OPERSTATE", "") or ""), vxlan=vxlan)
 
 
 class LinkOps:
@@ -161,6 +173,28 @@ class LinkOps:
         if mac:
             attrs.append(["IFLA_ADDRESS", mac.lower()])
         return self._newlink(name, f"veth pair (peer {peer!r})", attrs)
+
+    def add_vxlan(self, name: str, vni: int, local: Optional[str] = None, port: int = 0,
+                  learning: bool = True, gbp: bool = False, link: int = 0, mtu: int = 0,
+                  mac: Optional[str] = None) -> Link:
+        """`ip link add <name> type vxlan id <vni> [local <ip>] [dstport <port>] [nolearning]
+        [gbp] [dev <link>]` — no group or remote: the FDB says where each MAC lives."""
+        data: List[list] = [["IFLA_VXLAN_ID", vni], ["IFLA_VXLAN_LEARNING", int(learning)]]
+        if local:
+            data.append(["IFLA_VXLAN_LOCAL6" if ":" in local else "IFLA_VXLAN_LOCAL", local])
+        if port:
+            data.append(["IFLA_VXLAN_PORT", port])
+        if gbp:
+            data.append(["IFLA_VXLAN_GBP", True])
+        if link:
+            data.append(["IFLA_VXLAN_LINK", link])
+        info = [["IFLA_INFO_KIND", "vxlan"], ["IFLA_INFO_DATA", {"attrs": data}]]
+        attrs: List[list] = [["IFLA_LINKINFO", {"attrs": info}]]
+        if mtu:
+            attrs.append(["IFLA_MTU", mtu])
+        if mac:
+            attrs.append(["IFLA_ADDRESS", mac.lower()])
+        return self._newlink(name, f"vxlan (VNI {vni})", attrs)
 
     def set_port(self, ref: LinkRef, hairpin: Optional[bool] = None,
                  learning: Optional[bool] = None, isolated: Optional[bool] = None) -> None:

@@ -16,6 +16,17 @@ RT_SCOPE_HOST = 254
 
 
 @dataclass(frozen=True)
+class VxlanInfo:
+    """The VXLAN attributes of a ``kind == "vxlan"`` link (IFLA_VXLAN_*)."""
+    vni: int
+    local: Optional[str] = None  # source address (IPv4 or IPv6)
+    port: int = 0                # UDP destination port
+    learning: bool = True
+    gbp: bool = False
+    link: int = 0                # ifindex of the underlay device (0: none)
+
+
+@dataclass(frozen=True)
 class Link:
     index: int
     name: str
@@ -28,6 +39,7 @@ class Link:
     port: Dict[str, int] = field(default_factory=dict)  # bridge port flags: hairpin, learning, isolated
     vlan_filtering: Optional[bool] = None  # bridges only
     operstate: str = ""         # "UP", "DOWN", "LOWERLAYERDOWN", "UNKNOWN"...
+    vxlan: Optional[VxlanInfo] = None  # kind "vxlan" only
 
     @property
     def up(self) -> bool:
