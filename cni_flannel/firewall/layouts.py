@@ -8,7 +8,9 @@ chain plus the owner comment find every rule the full layout added.
 from __future__ import annotations
 
 import ipaddress
-from typing import Tuple
+from typing import Optional, Tuple
+
+from cni_flannel.cni.errors import InvalidConfig
 
 from ._model import Chain, Hook, Rule, RuleSet
 from ._names import chain_name, comment_for, nft_comment_for
@@ -60,44 +62,86 @@ def ipmasq_nft_owner(network: str, ifname: str, container_id: str) -> RuleSet:
     return RuleSet("inet", NFT_MASQ_TABLE, (), comment=nft_comment_for(network, ifname, container_id))
 
 
-# --- flanneld --------------------------------------------------------------------------------
+# --- flanneld ---------------------------------------------------------------------------------
+# flannel-io/flannel pkg/trafficmngr/iptables/iptables.go (masqRules, masqIP6Rules, forwardRules)
+# and pkg/trafficmngr/nftables/nftables.go.  The nftables layout keeps the iptables semantics on
+# purpose, where upstream's knftables rules differ from its own iptables mode: the mark match is
+# masked (0x4000/0x4000, like iptables, not "meta mark 0x4000" equality), the fourth rule is
+# "saddr != <Network> daddr <podCIDR> return" (upstream's "saddr != <podCIDR> daddr <Network>"
+# makes its last rule dead), and rules carry the comments (upstream comments only chains/table).
+# Switching EnableNFTables thus never changes who is masqueraded.
 
 FLANNEL_MASQ, FLANNEL_FWD = "flanneld masq", "flanneld forward"
+FLANNEL_POSTRTG, FLANNEL_FWD_CHAIN = "FLANNEL-POSTRTG", "FLANNEL-FWD"
+NFT_POSTRTG, NFT_FORWARD = "postrtg", "forward"
+KUBE_PROXY_MARK = 0x4000  # kube-proxy's masquerade bit: it masquerades those itself
+NFT_POSTRTG_HOOK = Hook("nat", "postrouting", "srcnat")
+NFT_FORWARD_HOOK = Hook("filter", "forward", "filter")
 
 
-def _flannel_masq_rules(network: str, pod_cidr: str) -> Tuple[Rule, ...]:
-    family, c = family_of(network), FLANNEL_MASQ
-    return (Rule(mark=0x4000, target="RETURN", comment=c),
-            Rule(src=pod_cidr, dst=network, target="RETURN", comment=c),
-            Rule(src=network, dst=pod_cidr, target="RETURN", comment=c),
-            Rule(src="!" + network, dst=pod_cidr, target="RETURN", comment=c),
-            Rule(src=network, dst="!" + MULTICAST[family], target="MASQUERADE", random_fully=True, comment=c),
-            Rule(src="!" + network, dst=network, target="MASQUERADE", random_fully=True, comment=c))
+def flannel_nft_table(family: str) -> str:
+    return "flannel-" + family
 
 
-def flannel_masq_iptables(network: str, pod_cidr: str) -> RuleSet:
+def _flannel_masq_rules(network: str, pod_cidr: str, random_fully: bool = True) -> Tuple[Rule, ...]:
+    family, c, r = family_of(network), FLANNEL_MASQ, random_fully
+    if family_of(pod_cidr) != family:
+        raise InvalidConfig(f"flannel lease {pod_cidr} and Network {network} are of different IP families")
+    return (Rule(mark=KUBE_PROXY_MARK, target="RETURN", comment=c),
+            Rule(src=pod_cidr, dst=network, target="RETURN", comment=c),   # pod -> cluster: no NAT
+            Rule(src=network, dst=pod_cidr, target="RETURN", comment=c),   # cluster -> pod: no NAT
+            Rule(src="!" + network, dst=pod_cidr, target="RETURN", comment=c),  # keep client IPs
+            Rule(src=network, dst="!" + MULTICAST[family], target="MASQUERADE", random_fully=r, comment=c),
+            Rule(src="!" + network, dst=network, target="MASQUERADE", random_fully=r, comment=c))
+
+
+def _flannel_forward_rules(network: str) -> Tuple[Rule, ...]:
+    return (Rule(src=network, target="ACCEPT", comment=FLANNEL_FWD),
+            Rule(dst=network, target="ACCEPT", comment=FLANNEL_FWD))
+
+
+def flannel_masq_iptables(network: str, pod_cidr: str, random_fully: bool = True) -> RuleSet:
+    """nat: POSTROUTING -j FLANNEL-POSTRTG (appended, as upstream); the chain holds the six rules."""
     return RuleSet(family_of(network), "nat", (
-        Chain("FLANNEL-POSTRTG", _flannel_masq_rules(network, pod_cidr), owned=True),
-        Chain("POSTROUTING", (Rule(target="FLANNEL-POSTRTG", comment=FLANNEL_MASQ),)),
-    ))
+        Chain(FLANNEL_POSTRTG, _flannel_masq_rules(network, pod_cidr, random_fully), owned=True),
+        Chain("POSTROUTING", (Rule(target=FLANNEL_POSTRTG, comment=FLANNEL_MASQ),)),
+    ), comment=FLANNEL_MASQ)
 
 
 def flannel_forward_iptables(network: str) -> RuleSet:
-    c = FLANNEL_FWD
+    """filter: FORWARD -j FLANNEL-FWD; the chain accepts from and to the Network."""
     return RuleSet(family_of(network), "filter", (
-        Chain("FLANNEL-FWD", (Rule(src=network, target="ACCEPT", comment=c),
-                              Rule(dst=network, target="ACCEPT", comment=c)), owned=True),
-        Chain("FORWARD", (Rule(target="FLANNEL-FWD", comment=c),)),
-    ))
+        Chain(FLANNEL_FWD_CHAIN, _flannel_forward_rules(network), owned=True),
+        Chain("FORWARD", (Rule(target=FLANNEL_FWD_CHAIN, comment=FLANNEL_FWD),)),
+    ), comment=FLANNEL_FWD)
 
 
-def flannel_nft(network: str, pod_cidr: str) -> RuleSet:
-    """ip flannel-ipv4 / ip6 flannel-ipv6 with base chains postrtg and forward."""
-    family = family_of(network)
-    return RuleSet(family, "flannel-" + family, (
-        Chain("postrtg", _flannel_masq_rules(network, pod_cidr), owned=True,
-              hook=Hook("nat", "postrouting", "srcnat")),
-        Chain("forward", (Rule(src=network, target="ACCEPT", comment=FLANNEL_FWD),
-                          Rule(dst=network, target="ACCEPT", comment=FLANNEL_FWD)), owned=True,
-              hook=Hook("filter", "forward", "filter")),
-    ))
+def flannel_masq_iptables_owner(family: str) -> RuleSet:
+    """Removes FLANNEL-POSTRTG, the jumps to it and every "flanneld masq" rule (older flannel
+    versions wrote theirs straight into POSTROUTING) -- no addresses needed."""
+    return RuleSet(family, "nat", (Chain(FLANNEL_POSTRTG, owned=True),), comment=FLANNEL_MASQ)
+
+
+def flannel_forward_iptables_owner(family: str) -> RuleSet:
+    return RuleSet(family, "filter", (Chain(FLANNEL_FWD_CHAIN, owned=True),), comment=FLANNEL_FWD)
+
+
+def flannel_nft(network: str, pod_cidr: Optional[str] = None, masq: bool = True, forward: bool = True,
+                random_fully: bool = True) -> RuleSet:
+    """ip flannel-ipv4 / ip6 flannel-ipv6: base chains postrtg (nat, srcnat) and forward (filter)."""
+    family, chains = family_of(network), []
+    if masq:
+        if pod_cidr is None:
+            raise InvalidConfig(f"flannel masquerade rules for {network} need the node's lease subnet")
+        chains.append(Chain(NFT_POSTRTG, _flannel_masq_rules(network, pod_cidr, random_fully),
+                            owned=True, hook=NFT_POSTRTG_HOOK))
+    if forward:
+        chains.append(Chain(NFT_FORWARD, _flannel_forward_rules(network), owned=True, hook=NFT_FORWARD_HOOK))
+    return RuleSet(family, flannel_nft_table(family), tuple(chains))
+
+
+def flannel_nft_owner(family: str, masq: bool = True, forward: bool = True) -> RuleSet:
+    """Removes our chains from flannel-<family> (the table is ours alone)."""
+    chains = ((Chain(NFT_POSTRTG, owned=True, hook=NFT_POSTRTG_HOOK),) * masq
+              + (Chain(NFT_FORWARD, owned=True, hook=NFT_FORWARD_HOOK),) * forward)
+    return RuleSet(family, flannel_nft_table(family), chains)
