@@ -1,0 +1,89 @@
+"""Write /run/flannel/subnet.env the way flanneld does (pkg/subnet/subnet.go WriteSubnetFile).
+
+    FLANNEL_NETWORK=10.244.0.0/16      FLANNEL_SUBNET=10.244.1.1/24   (the lease's first address)
+    FLANNEL_IPV6_NETWORK=...           FLANNEL_IPV6_SUBNET=...        (when IPv6 is enabled)
+    FLANNEL_MTU=1450                   FLANNEL_IPMASQ=true
+
+The text comes from ``SubnetEnv.render()`` (cni_flannel/flannel/subnet_env.py), the same type the
+CNI plugin parses it back into.  The file is replaced atomically — temporary file in the same
+directory, fsync, rename, fsync of the directory — so a plugin never reads half a file and a
+power cut leaves the old or the new one.  Mode 0644 regardless of umask, like flanneld
+(renameio.WriteFile with IgnoreUmask); the directory is created 0755.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import tempfile
+from typing import Optional
+
+from ..flannel.subnet_env import DEFAULT_PATH, SubnetEnv
+from .netconf import NetConf
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def env_for(conf: NetConf, subnet: Optional[ipaddress.IPv4Network],
+            ipv6_subnet: Optional[ipaddress.IPv6Network], mtu: int, ipmasq: bool) -> SubnetEnv:
+    """subnet.env's values for a lease: one network and one subnet per enabled family."""
+    networks = []
+    subnets = []
+    for pool, sub in ((conf.ipv4, subnet), (conf.ipv6, ipv6_subnet)):
+        if pool is None:
+            continue
+        if sub is None:
+            raise ValueError(f"IPv{pool.version} is enabled but the lease has no IPv{pool.version} subnet")
+        networks.append(pool.network)
+        subnets.append(sub)
+    return SubnetEnv(networks=networks, subnets=subnets, mtu=mtu, ipmasq=ipmasq)
+
+
+def write(env: SubnetEnv, path: str = DEFAULT_PATH) -> bool:
+    """Replace ``path`` with ``env`` atomically; False when it already held exactly that."""
+    data = env.render().encode()
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data and (os.fstat(f.fileno()).st_mode & 0o777) == FILE_MODE:
+                return False  # unchanged: keep its mtime, spare the disk
+    except OSError:
+        pass
+    write_atomic(path, data)
+    return True
+
+
+def write_subnet_file(conf: NetConf, subnet: Optional[ipaddress.IPv4Network],
+                      ipv6_subnet: Optional[ipaddress.IPv6Network], mtu: int, ipmasq: bool,
+                      path: str = DEFAULT_PATH) -> SubnetEnv:
+    env = env_for(conf, subnet, ipv6_subnet, mtu, ipmasq)
+    write(env, path)
+    return env
+
+
+def write_atomic(path: str, data: bytes, mode: int = FILE_MODE) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, DIR_MODE, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; the plugins run as root anyway, but match flanneld
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
