@@ -17,7 +17,6 @@ from cni_flannel.daemon.masq import APPLY, REMOVE, MasqConfig, MasqManager
 from cni_flannel.firewall import Firewall, IptablesFirewall, NftFirewall, RuleSet, Runner
 from cni_flannel.firewall import _iptables as ipt
 from cni_flannel.firewall import _nft as nft
-from cni_flannel.firewall import layouts as L
 
 NET4, SUB4, NEW4 = "10.244.0.0/16", "10.244.1.0/24", "10.244.7.0/24"
 NET6, SUB6, NEW6 = "fd00::/48", "fd00:0:0:1::/64", "fd00:0:0:7::/64"
