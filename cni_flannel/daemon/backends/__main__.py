@@ -1,0 +1,74 @@
+"""Drive one backend in this network namespace over JSON lines (tests, debugging).
+
+    python -m cni_flannel.daemon.backends --backend '{"Type": "vxlan", "VNI": 1}' \
+        --network 10.244.0.0/16 [--iface eth0]
+
+Each stdin line is a request, answered by one stdout line:
+
+    {"op": "setup", "lease": {<own lease>}}         -> {"ok": true, "data": {...}, "mtu": 1450}
+    {"op": "reconcile", "peers": [{<lease>}, ...]}  -> {"ok": true, "plan": {"delete": [], "add": []}}
+    {"op": "reconcile"}                             (the peers it knows)
+    {"op": "handle", "events": [{"type": "added"|"removed", "lease": {...}}]}
+    {"op": "peers"}                                 -> {"ok": true, "peers": [...]}
+
+A failure answers {"ok": false, "error": "<class>", "msg": "...", "peers": [...]} and the
+process keeps its state, as the daemon would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Dict
+
+from cni_flannel.cni.errors import CNIError
+from cni_flannel.daemon.backends import new
+from cni_flannel.daemon.backends.peers import BackendConfig, Event, Lease
+
+
+def serve(be: Any, line: str) -> Dict[str, Any]:
+    req = json.loads(line)
+    op = req.get("op")
+    if op == "setup":
+        data = be.setup(Lease.from_dict(req["lease"]))
+        return {"ok": True, "data": data, "mtu": be.mtu}
+    if op == "reconcile":
+        peers = req.get("peers")
+        plan = be.reconcile(None if peers is None else [Lease.from_dict(p) for p in peers])
+        return {"ok": True, "plan": plan.to_dict()}
+    if op == "handle":
+        plan = be.handle([Event.from_dict(e) for e in req.get("events", [])])
+        return {"ok": True, "plan": plan.to_dict()}
+    if op == "peers":
+        return {"ok": True, "peers": [p.to_dict() for p in be.peers.values()]}
+    return {"ok": False, "error": "InvalidRequest", "msg": f"unknown op {op!r}"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m cni_flannel.daemon.backends")
+    parser.add_argument("--backend", default="{}", help="net-conf.json's Backend section (JSON)")
+    parser.add_argument("--network", action="append", default=[], help="a cluster Network (repeatable)")
+    parser.add_argument("--iface", default=None, help="external interface (default: the one with PublicIP)")
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    config = BackendConfig.from_dict(json.loads(args.backend))
+    be = new(config.type, config, networks=args.network, ext_iface=args.iface)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            reply = serve(be, line)
+        except CNIError as exc:
+            reply = {"ok": False, "error": type(exc).__name__, "msg": exc.msg,
+                     "peers": getattr(exc, "peers", [])}
+        except (ValueError, KeyError, TypeError) as exc:
+            reply = {"ok": False, "error": type(exc).__name__, "msg": str(exc)}
+        print(json.dumps(reply), flush=True)
+    be.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""What vxlan and host-gw share: the peer set, lease events, reconcile, error reporting.
+
+    be = VxlanBackend({"VNI": 1}, networks=["10.244.0.0/16"])
+    data = be.setup(own_lease)          # devices made; {"BackendType", "BackendData": {VtepMAC}}
+    be.reconcile(all_current_peers)     # startup: stale entries removed, missing ones added
+    be.handle([Event("added", lease)])  # then the lease watch's batches
+    be.reconcile()                      # periodically: repairs a deleted or changed device
+
+``handle`` plans from the peer set it remembers (no kernel dump per batch); ``reconcile``
+plans from what the kernel actually holds.  Both return the applied :class:`Plan`, so
+"applying the same state twice changes nothing" is an empty plan.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from cni_flannel.daemon.backends.apply import Scope, apply, read_state
+from cni_flannel.daemon.backends.peers import (ADDED, BackendConfig, BackendError, Event, Lease,
+                                               PeerError)
+from cni_flannel.daemon.backends.plan import Plan, State, diff
+from cni_flannel.net.types import Link
+
+log = logging.getLogger("cni_flannel.daemon.backends")
+
+Refusal = Tuple[Lease, str]
+
+
+class Backend:
+    type = ""
+
+    def __init__(self, config: Union[BackendConfig, Dict[str, Any], None] = None,
+                 networks: Sequence[str] = (), ext_iface: Optional[str] = None,
+                 handle: Any = None) -> None:
+        self.config = config if isinstance(config, BackendConfig) else BackendConfig.from_dict(config)
+        self.networks = tuple(str(ipaddress.ip_network(n)) for n in networks)
+        self.ext_iface = ext_iface
+        self._handle = handle
+        self.node: Optional[Lease] = None
+        self.peers: Dict[str, Lease] = {}
+        self.ext: Optional[Link] = None
+        self.ext_cidrs: List[str] = []   # the external interface's address prefixes
+        self.underlay_mtu = 0
+
+    # --- the netlink handle (one per backend, in the caller's namespace) ------------
+    @property
+    def h(self) -> Any:
+        if self._handle is None:
+            from cni_flannel.net.handle import Handle
+            self._handle = Handle()
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None and hasattr(self._handle, "close"):
+            self._handle.close()
+        self._handle = None
+
+    # --- to be provided by a backend ----------------------------------------------------
+    def _setup_devices(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def _ensure_devices(self) -> None:
+        """Recreate what is missing or wrong (reconcile then re-adds every peer)."""
+
+    def _devices_intact(self) -> bool:
+        return True
+
+    def desired(self, peers: Iterable[Lease]) -> Tuple[State, List[Refusal]]:
+        raise NotImplementedError
+
+    def scope(self) -> Scope:
+        raise NotImplementedError
+
+    @property
+    def mtu(self) -> int:
+        """The MTU pods get (subnet.env's FLANNEL_MTU)."""
+        raise NotImplementedError
+
+    # --- setup -----------------------------------------------------------------------
+    def setup(self, node: Lease) -> Dict[str, Any]:
+        """Make this node's devices for ``node`` (its own lease); return its lease attributes."""
+        if node.backend_type != self.type:
+            raise BackendError(f"own lease {node.name} has BackendType {node.backend_type!r}, "
+                               f"this backend is {self.type!r}")
+        self.node = node
+        self._resolve_ext()
+        return self._setup_devices()
+
+    def _resolve_ext(self) -> None:
+        """The external interface: named, or the one holding the node's public IP."""
+        assert self.node is not None
+        publics = [s.public_ip for s in self.node.sides() if s.public_ip]
+        addrs = [a for a in self.h.addresses() if a.scope == 0]
+        if self.ext_iface:
+            self.ext = self.h.link(self.ext_iface)
+        else:
+            holder = next((a for a in addrs if a.address in publics), None)
+            if holder is None:
+                raise BackendError(f"no interface holds the node's public IP ({', '.join(publics) or 'none'}):"
+                                   " name the external interface (--iface) or fix PublicIP")
+            self.ext = self.h.link(holder.index)
+        self.ext_cidrs = [str(a.interface.network) for a in addrs if a.index == self.ext.index]
+        self.underlay_mtu = self.config.mtu or self.ext.mtu
+
+    # --- peers -----------------------------------------------------------------------
+    def _wanted(self, lease: Lease) -> bool:
+        if lease.backend_type != self.type:
+            log.warning("ignoring peer %s: BackendType %r is not %r", lease.name,
+                        lease.backend_type, self.type)
+            return False
+        own = {str(s.subnet) for s in self.node.sides()} if self.node else set()
+        if own & {str(s.subnet) for s in lease.sides()}:
+            return False  # our own lease, as the watch reports it too
+        return True
+
+    def handle(self, events: Sequence[Event]) -> Plan:
+        """Apply one batch of lease events."""
+        self._require_setup()
+        before = dict(self.peers)
+        for ev in events:
+            if not self._wanted(ev.lease):
+                continue
+            if ev.type == ADDED:
+                self.peers[ev.lease.key] = ev.lease
+            else:
+                # A removal we never saw added still removes what it describes.
+                before.setdefault(ev.lease.key, ev.lease)
+                self.peers.pop(ev.lease.key, None)
+        if not self._devices_intact():
+            log.warning("%s: a device is gone or changed; recreating it and re-adding all peers", self.type)
+            return self.reconcile()
+        old, _ = self.desired(before.values())
+        new, refused = self.desired(self.peers.values())
+        return self._apply(diff(new, old), refused)
+
+    def reconcile(self, peers: Optional[Iterable[Lease]] = None) -> Plan:
+        """Make the kernel hold exactly the entries of ``peers`` (default: the known peers)."""
+        self._require_setup()
+        if peers is not None:
+            self.peers = {p.key: p for p in peers if self._wanted(p)}
+        self._ensure_devices()
+        desired, refused = self.desired(self.peers.values())
+        return self._apply(diff(desired, read_state(self.h, self.scope())), refused)
+
+    def _owned_networks(self) -> Tuple[str, ...]:
+        """Where routes through the external interface are ours: the cluster Network, or
+        without one, at least the subnets of the peers we know."""
+        return self.networks or tuple(sorted({str(s.subnet) for p in self.peers.values()
+                                              for s in p.sides()}))
+
+    def _require_setup(self) -> None:
+        if self.node is None:
+            raise BackendError(f"{self.type} backend: setup(own lease) must come first")
+
+    def _apply(self, plan: Plan, refused: List[Refusal]) -> Plan:
+        failed = apply(self.h, plan, self.scope())
+        problems = [f"peer {lease.name}: {why}" for lease, why in refused]
+        problems += [f"peer {e.peer or '?'}: {exc.msg}" for e, exc in failed]
+        if problems:
+            names = [lease.name for lease, _ in refused] + [e.peer for e, _ in failed]
+            raise PeerError(f"{self.type}: " + "; ".join(problems), sorted(set(names)))
+        return plan
