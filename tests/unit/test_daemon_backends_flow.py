@@ -127,6 +127,14 @@ def test_added_peer_with_a_new_vtep_mac_replaces_the_old_entries():
     assert programmed(k)[:2] == ([("10.244.2.0", MAC[4])], [(MAC[4], "198.18.0.2")])
 
 
+def test_a_restart_keeps_the_mac_of_an_incompatible_device():
+    k = FakeKernel()
+    k.add_vxlan("flannel.1", 1, local="198.18.0.1", port=4789, mac="0a:11:22:33:44:55", link=k.eth0.index)
+    data = vxlan(k).setup(lease(1))
+    assert k.link("flannel.1").vxlan.port == 8472
+    assert data["BackendData"]["VtepMAC"] == "0a:11:22:33:44:55"
+
+
 def test_own_lease_and_other_backend_types_are_ignored():
     k = FakeKernel()
     be = vxlan(k)
@@ -142,18 +150,19 @@ def test_a_deleted_vtep_is_recreated_with_every_peer_on_the_next_batch():
     k.delete_link("flannel.1")
     be.handle([Event("added", lease(4))])
     assert len(programmed(k)[2]) == 3
-    assert k.link("flannel.1").mac != mac  # a new VtepMAC: the daemon must re-announce it
+    assert k.link("flannel.1").mac == mac  # the VtepMAC peers know stays valid
 
 
 def test_a_vtep_with_wrong_attributes_is_recreated_and_peers_readded():
     k = FakeKernel()
     be = vxlan(k)
     be.reconcile([lease(2), lease(3)])
+    mac = k.link("flannel.1").mac
     k.delete_link("flannel.1")
     k.add_vxlan("flannel.1", 1, local="198.18.0.1", port=4789, learning=True, link=k.eth0.index)
     plan = be.reconcile()
     link = k.link("flannel.1")
-    assert (link.vxlan.port, link.vxlan.learning) == (8472, False)
+    assert (link.vxlan.port, link.vxlan.learning, link.mac) == (8472, False, mac)
     assert len(plan.add) == 6 and len(programmed(k)[2]) == 2
 
 

@@ -13,8 +13,8 @@ or, with DirectRouting and a peer on a directly connected network, only the host
 ``<peer subnet> via <peer public IP> dev <ext>``.
 
 Beyond upstream: a device that exists with other attributes, or that disappears while we
-run, is recreated and *every* current peer re-added (``reconcile``); stale entries on our
-devices are removed at startup (flannel#2554).
+run, is recreated with the same VtepMAC and *every* current peer re-added (``reconcile``);
+stale entries on our devices are removed at startup (flannel#2554).
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ class VxlanBackend(Backend):
     def _ensure_vtep(self, spec: VtepSpec) -> Link:
         h = self.h
         link = h.find_link(spec.name)
+        # Keep the VtepMAC peers already have (ours from before, or the old device's after a
+        # restart): a new one would leave every peer's neighbour and FDB entry pointing nowhere.
+        known = self.vteps.get(spec.family)
+        mac = known.mac if known else (link.mac if link is not None and link.mac else random_mac())
         if link is not None:
             why = incompatible(spec, link)
             if why:
@@ -142,7 +146,7 @@ class VxlanBackend(Backend):
         if link is None:
             link = h.add_vxlan(spec.name, spec.vni, local=spec.local, port=spec.port,
                                learning=spec.learning, gbp=spec.gbp, link=spec.link,
-                               mtu=spec.mtu, mac=random_mac())
+                               mtu=spec.mtu, mac=mac)
             log.info("created %s (VNI %d, local %s, dstport %d, MTU %d, VtepMAC %s)", spec.name,
                      spec.vni, spec.local, spec.port, spec.mtu, link.mac)
         if link.mtu != spec.mtu:
