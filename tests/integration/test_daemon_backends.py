@@ -159,7 +159,9 @@ def vtep_entries(node: Node, dev: str = "flannel.1") -> Dict[str, List[Tuple[str
     """What the kernel holds on the VTEP: permanent neighbours, FDB entries, routes."""
     neigh = json.loads(node.run(["ip", "-j", "neigh", "show", "dev", dev, "nud", "permanent"]).stdout)
     fdb = json.loads(node.run(["bridge", "-j", "fdb", "show", "dev", dev]).stdout)
-    routes = json.loads(node.run(["ip", "-j", "route", "show", "dev", dev]).stdout)
+    family = "-6" if dev.startswith("flannel-v6") else "-4"
+    routes = [r for r in json.loads(node.run(["ip", family, "-j", "route", "show", "dev", dev]).stdout)
+              if r.get("protocol") != "kernel"]
     return {"neigh": sorted((n["dst"], n["lladdr"]) for n in neigh),
             "fdb": sorted((f["mac"], f.get("dst", "")) for f in fdb),
             "routes": sorted((r["dst"], r.get("gateway", ""), "onlink" in r.get("flags", []))
@@ -282,10 +284,17 @@ def test_vxlan_direct_routing_bypasses_the_vtep_on_one_l2_network(make_node):
     assert n1.proc.ok("reconcile")["plan"] == {"delete": [], "add": []}
 
 
+def plant_stale_v6_route(c: Cluster) -> None:
+    c.members[0].node.run(["ip", "-6", "route", "add", "fd00:10:244:9::/64", "via", "2001:db8::9", "dev", "eth0"])
+
+
 def test_vxlan_dual_stack_uses_flannel_v6_with_its_own_overhead(make_node):
-    c = Cluster(make_node, VXLAN, dual=True)
+    c = Cluster(make_node, VXLAN, dual=True, before_start=plant_stale_v6_route)
     c.add_pods()
     n1 = c.members[0]
+    assert "fd00:10:244:9::" not in n1.node.run(["ip", "-6", "route"]).stdout
+    assert vtep_entries(n1.node, "flannel-v6.1")["routes"] == [
+        ("fd00:10:244:2::/64", "fd00:10:244:2::", True), ("fd00:10:244:3::/64", "fd00:10:244:3::", True)]
     assert link_info(n1.node, "flannel.1")["mtu"] == 1450
     assert link_info(n1.node, "flannel-v6.1")["mtu"] == 1430
     assert link_info(n1.node, "flannel-v6.1")["linkinfo"]["info_data"]["local6"] == "2001:db8::1"
