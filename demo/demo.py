@@ -7,15 +7,18 @@ removes at the end; the machine's own network is never touched.
      pod a, pod b on cni0                     └─────────────────┘    pod c, pod d on cni0
 
 Per node, as kube-flannel does: the initContainer copy (packaging/install.sh)
-puts the binaries in /opt/cni/bin and 10-flannel.conflist in /etc/cni/net.d;
-/run/flannel/subnet.env is written as flanneld would (the node daemon is not
-built yet, so this script also adds the host-gw routes flanneld would add).
-Pods are created through containerd's own CNI library (go-cni).
+puts the binaries in /opt/cni/bin and 10-flannel.conflist in /etc/cni/net.d.
+The daemon's vxlan backend (cni_flannel/daemon/backends) sets up flannel.1 on
+each node and programs the other node as its peer; the daemon's lease managers
+and main loop are not written yet, so this script hands it the two leases and
+writes /run/flannel/subnet.env as flanneld would.  Pods are created through
+containerd's own CNI library (go-cni); pod a also gets a hostPort (portmap).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +33,7 @@ from tests.harness import drivers  # noqa: E402
 from tests.harness.netns import Lab, Node, Pod  # noqa: E402
 
 NETWORK = "10.244.0.0/16"
+VXLAN_MTU = 1450  # the underlay's 1500 minus vxlan's 50
 HOST_PORT = 30080
 SERVER = """
 import socket
@@ -63,6 +67,26 @@ def install(node: Node) -> None:
     node.run(["sh", os.path.join(ROOT, "packaging", "install.sh")], env=env)
 
 
+class Backend:
+    """The daemon's backend driver (python -m cni_flannel.daemon.backends) running in a node."""
+
+    def __init__(self, lab: Lab, node: Node) -> None:
+        argv = [sys.executable, "-m", "cni_flannel.daemon.backends", "--backend", json.dumps({"Type": "vxlan"}),
+                "--network", NETWORK]
+        self.proc = node.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": ROOT})
+        lab.add_finalizer(self.proc.kill)
+
+    def call(self, op: str, **fields: object) -> Dict[str, object]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline() or "{}")
+        if not reply.get("ok"):
+            raise RuntimeError(f"backend {op} failed: {reply}")
+        return reply
+
+
 def main() -> int:
     with Lab() as lab:
         nodes = {name: lab.add_node(name, underlay=True) for name in SUBNETS}
@@ -70,13 +94,25 @@ def main() -> int:
         for name, node in nodes.items():
             install(node)
             node.write_file("/run/flannel/subnet.env",
-                            f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={SUBNETS[name]}\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n")
+                            f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={SUBNETS[name]}\n"
+                            f"FLANNEL_MTU={VXLAN_MTU}\nFLANNEL_IPMASQ=true\n")
             print(f"  {name}: underlay {node.underlay_ip}, flannel subnet {SUBNETS[name]}")
         show(nodes["node1"], ["ls", "-A", "/opt/cni/bin", "/etc/cni/net.d"])
         show(nodes["node1"], ["cat", "/run/flannel/subnet.env"])
-        for (a, na), (b, nb) in itertools.permutations(nodes.items(), 2):  # what flanneld's host-gw backend adds
-            subnet = SUBNETS[b].replace(".1/24", ".0/24")
-            na.run(["ip", "route", "add", subnet, "via", nb.underlay_ip.split("/")[0]])
+
+        say("The daemon's vxlan backend on each node: flannel.1, and the other node as a peer")
+        leases = {}
+        backends = {name: Backend(lab, node) for name, node in nodes.items()}
+        for name, node in nodes.items():
+            lease = {"Subnet": SUBNETS[name].replace(".1/24", ".0/24"), "PublicIP": node.underlay_ip,
+                     "BackendType": "vxlan"}
+            lease.update(backends[name].call("setup", lease=lease)["data"])
+            leases[name] = lease
+        for name in nodes:
+            backends[name].call("reconcile", peers=[l for n, l in leases.items() if n != name])
+        show(nodes["node1"], ["ip", "-d", "-br", "link", "show", "flannel.1"])
+        show(nodes["node1"], ["sh", "-c", "ip route | grep flannel.1; bridge fdb show dev flannel.1; "
+                                          "ip neigh show dev flannel.1"])
 
         say("The resident agent on node2 (node1's pods are set up by the binary alone)")
         start_agent(nodes["node2"])
@@ -99,7 +135,7 @@ def main() -> int:
         show(nodes["node1"], ["sh", "-c", "ls /var/lib/cni/networks/cbr0; echo; cat /var/lib/cni/flannel/sandbox-a; echo"])
         show(nodes["node1"], ["ip", "route"])
 
-        say("Every pod pings every other pod (same node: through cni0; other node: routed over the underlay)")
+        say("Every pod pings every other pod (same node: through cni0; other node: vxlan over the underlay)")
         failures = 0
         for (a, (pa, _)), (b, (_, ipb)) in itertools.permutations(pods.items(), 2):
             ok = pa.ping(ipb)
