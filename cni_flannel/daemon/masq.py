@@ -219,6 +219,9 @@ class MasqManager:
         wanted = {L.family_of(n) for n in self.cfg.networks}
         for rs in owners(self.cfg.enable_nftables):
             self._remove(self.fw, rs, must=rs.family in wanted)
+        if isinstance(self.fw, NftFirewall):  # our nft tables are ours alone: leave no empty shell
+            for family in FAMILIES:
+                self.fw.delete_table(family, L.flannel_nft_table(family))
 
     # --- helpers ---------------------------------------------------------------------------
     def _other_backend(self) -> Firewall:

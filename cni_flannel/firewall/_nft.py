@@ -16,7 +16,7 @@ from cni_flannel.cni.errors import InvalidConfig
 
 from ._backend import Firewall
 from ._exec import command_error
-from ._model import Chain, Rule, RuleSet
+from ._model import Chain, Rule, RuleSet, check_table_name
 
 NFT_FAMILIES = {"ipv4": "ip", "ipv6": "ip6", "inet": "inet", "bridge": "bridge"}
 MAX_COMMENT = 128  # NFT_USERDATA comment limit as knftables enforces it
@@ -224,6 +224,14 @@ class NftFirewall(Firewall):
     def rules(self, family: str, table: str) -> Dict[str, List[str]]:
         """{chain: [rule text as ``nft list`` prints it, without handle]}; {} without the table."""
         return {c: [t for t, _ in listed] for c, listed in (self._snapshot(family, table) or {}).items()}
+
+    def delete_table(self, family: str, table: str) -> None:
+        """Remove a table we own entirely (chains, rules, hooks); an absent table is fine.
+        Only for tables nobody else writes (e.g. flanneld's ``flannel-ipv4``)."""
+        check_table_name(table)
+        if self._snapshot(family, table) is None:
+            return
+        self._commit(family, _batch([f"delete table {NFT_FAMILIES[family]} {table}"]))
 
     def _snapshot(self, family: str, table: str) -> State:
         argv = ["nft", "-a", "list", "table", NFT_FAMILIES[family], table]

@@ -133,6 +133,8 @@ def test_apply_reapply_lease_change_remove(node, backend):
     if isinstance(fw, IptablesFirewall):
         chains = {c for f in ("ipv4", "ipv6") for t in ("nat", "filter") for c in fw.chains(f, t, "FLANNEL")}
         assert chains == set()
+    else:  # no empty table left behind either
+        assert "flannel" not in node.run(["nft", "list", "tables"]).stdout
     foreign_intact(node, fw)
     mgr.remove()
 
