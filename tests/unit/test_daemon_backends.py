@@ -198,3 +198,18 @@ def test_peer_entries():
     assert direct == [RouteEntry("10.244.2.0/24", "198.18.0.2", "eth0")]
     assert peer_entries(v4side(2, "198.18.0.2"), "flannel.1", "p2") == ([], "no VtepMAC in its IPv4 backend data")
     assert peer_entries(v4side(2, ""), "flannel.1", "p2")[1] == "no public IPv4 address in its lease"
+
+
+def test_lease_from_the_lease_managers_form() -> None:
+    """The lease managers' Lease (cni_flannel.daemon.lease) converts into the backends' one."""
+    from cni_flannel.daemon import lease as stored
+    from cni_flannel.daemon.backends.peers import Lease as PeerLease
+
+    key = "/coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:2::-64"
+    value = ('{"PublicIP":"198.18.0.2","PublicIPv6":"2001:db8::2","BackendType":"vxlan",'
+             '"BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:02:00"},'
+             '"BackendV6Data":{"VNI":1,"VtepMAC":"0a:58:0a:f4:02:01"}}')
+    peer = PeerLease.from_lease(stored.lease_from_kv(key, value, 86400, 0.0))
+    assert peer == PeerLease(subnet="10.244.2.0/24", public_ip="198.18.0.2", ipv6_subnet="fd00:10:244:2::/64",
+                             public_ipv6="2001:db8::2", backend_type="vxlan",
+                             vtep_mac="0a:58:0a:f4:02:00", vtep_mac_v6="0a:58:0a:f4:02:01")

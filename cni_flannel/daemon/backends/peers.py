@@ -114,6 +114,17 @@ class Lease:
                    vtep_mac=data.get("VtepMAC") if isinstance(data, dict) else None,
                    vtep_mac_v6=v6data.get("VtepMAC") if isinstance(v6data, dict) else None)
 
+    @classmethod
+    def from_lease(cls, lease: Any) -> "Lease":
+        """From a :class:`cni_flannel.daemon.lease.Lease` (what the lease managers read)."""
+        attrs = lease.attrs
+        text = lambda v: str(v) if v is not None else None  # noqa: E731
+        mac = lambda data: data.get("VtepMAC") if isinstance(data, dict) else None  # noqa: E731
+        return cls(subnet=text(lease.subnet), public_ip=text(attrs.public_ip),
+                   ipv6_subnet=text(lease.ipv6_subnet), public_ipv6=text(attrs.public_ipv6),
+                   backend_type=attrs.backend_type or "vxlan",
+                   vtep_mac=mac(attrs.backend_data), vtep_mac_v6=mac(attrs.backend_v6_data))
+
     def to_dict(self, vni: Optional[int] = None) -> Dict[str, Any]:
         out: Dict[str, Any] = {"BackendType": self.backend_type}
         for key, value in (("Subnet", self.subnet), ("PublicIP", self.public_ip),
