@@ -204,7 +204,7 @@ def _pool(c: _Reader, version: int, kube: bool) -> Pool:
                                    f"use {aligned} (the start of its /{subnet_len})")
         if int(lo) > int(hi):
             raise NetConfError(f"{c.source}: {min_key}={lo} is above {max_key}={hi}: no subnet to lease",
-                               f"swap them or widen the range")
+                               "swap them or widen the range")
     return Pool(network=network, subnet_len=subnet_len, subnet_min=lo, subnet_max=hi)
 
 
