@@ -46,6 +46,10 @@ PRELOAD = (
 )
 
 
+#: Text encodings a worker may use: each is a module loaded on first use.
+ENCODINGS = ("ascii", "latin-1", "utf-8", "idna")
+
+
 def preload() -> List[str]:
     """Import every plugin and its dependencies; returns what could not be imported."""
     import importlib
@@ -61,6 +65,10 @@ def preload() -> List[str]:
         except Exception:  # a plugin not written yet must not stop the others
             missing.append(name)
     _warm_netlink()
+    import codecs
+
+    for encoding in ENCODINGS:  # codecs load lazily too (e.g. str.encode("ascii") in netlink code)
+        codecs.lookup(encoding)
     return missing
 
 

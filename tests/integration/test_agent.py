@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from typing import Any, Dict
+
+import pytest
 
 from tests.conftest import AGENT_SOCKET, start_agent
 from tests.harness.exec import run_plugin
 from tests.harness.netns import remove_netns
+from tests.harness.plugins import from_source
 
 IPAM = {"cniVersion": "1.0.0", "name": "hl", "type": "host-local",
         "ipam": {"type": "host-local", "subnet": "10.244.7.0/24"}}
@@ -100,3 +105,45 @@ def test_worker_joins_the_callers_network_namespace(node: Any, pod: Any) -> None
     assert "10.244.9.2" in node.run(["ls", "/var/lib/cni/networks/alt"]).stdout  # the node's files
     agent.terminate()
     assert "bridge ADD a exit 0" in agent.communicate(timeout=10)[1].decode()  # not a fallback
+
+
+def test_worker_needs_none_of_its_own_files_after_joining_the_caller(make_node: Any, pod: Any,
+                                                                      plugin_dir: Any) -> None:
+    """In production the agent runs in its own container and its workers join the host's mount
+    namespace, where the agent's bundle is not visible: everything a request needs must be
+    imported before the join.  Here the agent runs from dist/cni in the machine's mount namespace
+    while the caller's (the node's) mount namespace hides that directory."""
+    if from_source():
+        pytest.skip("needs the frozen build (a source-tree agent cannot hide its own files)")
+    node = make_node()
+    sock = f"{node.lab.run_dir}/agent.sock"  # a plain file in a directory both namespaces see
+    agent = subprocess.Popen(["nsenter", f"--net={node.path}", "--", str(plugin_dir / "flannel"), "agent",
+                              "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    node.lab.add_finalizer(agent.kill)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock):
+        assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
+        time.sleep(0.05)
+    node.run(["mount", "-t", "tmpfs", "hidden", str(plugin_dir)])  # only in the node's mount namespace
+    assert node.run(["ls", "-A", str(plugin_dir)]).stdout == ""
+    node.write_file("/run/flannel/subnet.env", "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
+                                               "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+    p = pod(node=node)
+    env = {"CNI_FLANNEL_AGENT_SOCKET": sock}
+    flannel = {"cniVersion": "1.0.0", "name": "cbr0", "type": "flannel", "delegate": {"hairpinMode": True}}
+    add = run_plugin("flannel", "ADD", flannel, netns=p.path, node=node, container_id="c1", env_extra=env)
+    assert add.rc == 0, add
+    portmap = {"cniVersion": "1.0.0", "name": "cbr0", "type": "portmap", "prevResult": add.json,
+               "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+    for plugin, conf in (("portmap", portmap), ("flannel", flannel)):
+        if plugin == "portmap":
+            assert run_plugin(plugin, "ADD", conf, netns=p.path, node=node, container_id="c1", env_extra=env).rc == 0
+        check = dict(conf, prevResult=add.json)
+        assert run_plugin(plugin, "CHECK", check, netns=p.path, node=node, container_id="c1", env_extra=env).rc == 0
+        assert run_plugin(plugin, "DEL", conf, netns=p.path, node=node, container_id="c1", env_extra=env).rc == 0
+    agent.terminate()
+    log = agent.communicate(timeout=10)[1].decode()
+    for line in ("flannel ADD c1 exit 0", "portmap ADD c1 exit 0", "portmap CHECK c1 exit 0",
+                 "flannel CHECK c1 exit 0", "portmap DEL c1 exit 0", "flannel DEL c1 exit 0"):
+        assert line in log, log
+    assert "CNI-DN-" not in node.run(["iptables-save", "-t", "nat"]).stdout
