@@ -13,12 +13,11 @@ power cut leaves the old or the new one.  Mode 0644 regardless of umask, like fl
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
-import tempfile
 from typing import Optional
 
+from ..atomicfile import write_atomic as _write_atomic
 from ..flannel.subnet_env import DEFAULT_PATH, SubnetEnv
 from .netconf import NetConf
 
@@ -63,27 +62,4 @@ def write_subnet_file(conf: NetConf, subnet: Optional[ipaddress.IPv4Network],
 
 
 def write_atomic(path: str, data: bytes, mode: int = FILE_MODE) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, DIR_MODE, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; the plugins run as root anyway, but match flanneld
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_atomic(path, data, mode=mode, dir_mode=DIR_MODE)

@@ -1,8 +1,8 @@
 """The delegate configs flannel saves for DEL: ``<dataDir>/<containerID>``.
 
 Same place and content as the reference, so either implementation can DEL
-what the other added.  Written atomically (temp file, fsync, rename, fsync of
-the directory) so a crash leaves the old file or the new one, never half.
+what the other added.  Written atomically (``atomicfile``) so a crash leaves
+the old file or the new one, never half.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from ..atomicfile import write_atomic
 from ..cni.errors import IOFailure
 
 DEFAULT_DIR = "/var/lib/cni/flannel"
@@ -21,26 +22,9 @@ def _path(data_dir: str, container_id: str) -> str:
 
 def save(data_dir: str, container_id: str, conf: bytes) -> None:
     path = _path(data_dir, container_id)
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, conf)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        dfd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, conf, mode=0o600, dir_mode=0o700)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise IOFailure(f"failed to save delegate config {path}: {exc.strerror}") from None
 
 
