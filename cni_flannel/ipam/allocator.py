@@ -215,20 +215,3 @@ def gc(store: Store, valid: Sequence[Tuple[str, str]]) -> List[str]:
                 released.append(r.name)
     return released
 
-
-def free_counts(store: Store, conf: IPAMConfig) -> List[int]:
-    """Free addresses per range set (for STATUS)."""
-    with store.locked():
-        used = [r.ip for r in store.reservations()]
-    counts = []
-    for rset in conf.range_sets:
-        total = 0
-        for rng in rset.ranges:
-            size = rng.end - rng.start + 1
-            if rng.start <= int(rng.gateway) <= rng.end:
-                size -= 1
-            total += size
-        total -= sum(1 for ip in used if ip is not None and rset.range_for(ip) and ip != rset.range_for(ip).gateway)
-        counts.append(max(total, 0))
-    return counts
-

@@ -110,18 +110,12 @@ def gc(ipam_conf: Dict[str, Any], network: str, valid_attachments: Optional[Sequ
 
 def status(ipam_conf: Dict[str, Any], network: str, cni_version: str = CURRENT,
            store: Optional[Store] = None) -> None:
+    # A full range set is deliberately NOT "not available": runtimes turn a failing STATUS into
+    # NetworkReady=false, the kubelet marks the node NotReady, and its pods get evicted — an
+    # outage for every pod on the node because one more could not start.  ADD reports it instead.
     conf = parse_ipam(ipam_conf, network, cni_version)
-    st = _store(conf, store)
     if store is None:
         _check_writable(os.path.join(conf.data_dir, conf.network))
-    if not st.exists():
-        return
-    for idx, free in enumerate(allocator.free_counts(st, conf)):
-        if free == 0:
-            raise NotAvailable(
-                f"no IP addresses available in range set: {conf.range_sets[idx]}",
-                f"range set {idx} of network {network!r} is full; delete pods or widen the range",
-            )
 
 
 def _check_writable(directory: str) -> None:

@@ -69,10 +69,13 @@ def test_status_forwards_to_ipam(node, pod):
     assert r.rc == 0, r
     small = conf()
     small["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "10.244.3.0/30"}]]}  # one free address
-    assert run_plugin("bridge", "STATUS", small, netns=None, ifname=None, container_id=None, node=node).rc == 0
     assert run_plugin("bridge", "ADD", small, netns=pod().path, node=node, container_id="c1").rc == 0
     full = run_plugin("bridge", "STATUS", small, netns=None, ifname=None, container_id=None, node=node)
-    assert full.rc == 1 and full.json["code"] == 50, full
+    assert full.rc == 0, full  # a full pool fails ADD, never STATUS (that would make the node NotReady)
+    unusable = conf()
+    unusable["ipam"] = {"type": "host-local", "subnet": "10.244.3.0/24", "dataDir": "/dev/null/networks"}
+    down = run_plugin("bridge", "STATUS", unusable, netns=None, ifname=None, container_id=None, node=node)
+    assert down.rc == 1 and down.json["code"] == 50 and "/dev/null" in down.json["msg"], down
     broken = conf()
     broken["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "10.244.3.0/99"}]]}
     bad = run_plugin("bridge", "STATUS", broken, netns=None, ifname=None, container_id=None, node=node)

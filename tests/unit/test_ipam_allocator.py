@@ -297,10 +297,3 @@ def test_gc_then_freed_address_is_allocatable():
     allocator.gc(s, [])
     assert alloc(s, c, "new") == ["10.1.2.2"]
 
-
-def test_free_counts():
-    s, c = MemoryStore(), conf([[{"subnet": "10.1.2.0/29"}], [{"subnet": "fd00::/126"}]])
-    assert allocator.free_counts(s, c) == [5, 2]
-    alloc(s, c, "a")
-    assert allocator.free_counts(s, c) == [4, 1]
-

@@ -130,13 +130,14 @@ def test_data_dir_is_a_file(tmp_path):
         host_local.status(ipam(tmp_path / "f"), "net")
 
 
-def test_status_ready_then_full(tmp_path):
+def test_status_stays_ready_when_a_range_is_full(tmp_path):
+    """A full pool fails the next ADD, not STATUS: a failing STATUS makes the node NotReady."""
     conf = ipam(tmp_path, ranges=[[{"subnet": "10.1.2.0/30"}]])
-    host_local.status(conf, "net")  # nothing allocated yet, directory creatable
+    host_local.status(conf, "net")
     host_local.allocate(conf, "net", "a", "eth0")
-    with pytest.raises(NotAvailable) as exc:
-        host_local.status(conf, "net")
-    assert exc.value.code == 50 and exc.value.msg.startswith("no IP addresses available in range set")
+    host_local.status(conf, "net")
+    with pytest.raises(CNIError, match="no IP addresses available in range set"):
+        host_local.allocate(conf, "net", "b", "eth0")
 
 
 # -- crash safety ----------------------------------------------------------------------------
