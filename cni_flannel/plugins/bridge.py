@@ -53,11 +53,7 @@ class Rollback:
 
 
 def add(req: Request) -> Result:
-    conf = bridge_config.parse(req.config, req.args)
-    if conf.layer3:
-        bridge_ipam.validate(conf, req)
-    if conf.macspoofchk:
-        bridge_spoofchk.validate(req.container_id, req.ifname)
+    conf = validate(req)
     from cni_flannel.net.handle import Handle
     from cni_flannel.plugins import bridge_link as bl
 
@@ -123,13 +119,15 @@ def add(req: Request) -> Result:
                   ips=result.ips, routes=result.routes, dns=dns)
 
 
-def validate(req: Request) -> None:
-    """Check the configuration without changing anything (flannel runs this before saving it)."""
+def validate(req: Request) -> "bridge_config.BridgeConfig":
+    """Check everything ADD will need without changing anything (flannel runs this before saving
+    the delegate config; ADD runs it first)."""
     conf = bridge_config.parse(req.config, req.args)
     if conf.layer3:
         bridge_ipam.validate(conf, req)
     if conf.macspoofchk:
         bridge_spoofchk.validate(req.container_id, req.ifname)
+    return conf
 
 
 def delete(req: Request) -> None:

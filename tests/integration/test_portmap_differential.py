@@ -11,18 +11,10 @@ import pytest
 from tests.harness.exec import run_plugin
 from tests.harness.netns import Node
 from tests.harness.plugins import reference_dir
+from tests.portmap_samples import UPSTREAM_MAPPINGS
 
 CID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-MAPPINGS = [  # upstream's test set (portmap_iptables_test.go)
-    {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
-    {"hostPort": 8081, "containerPort": 80, "protocol": "tcp"},
-    {"hostPort": 8080, "containerPort": 81, "protocol": "udp"},
-    {"hostPort": 8082, "containerPort": 82, "protocol": "udp"},
-    {"hostPort": 8083, "containerPort": 83, "protocol": "tcp", "hostIP": "192.168.0.2"},
-    {"hostPort": 8084, "containerPort": 84, "protocol": "tcp", "hostIP": "0.0.0.0"},
-    {"hostPort": 8085, "containerPort": 85, "protocol": "tcp", "hostIP": "2001:db8:a::1"},
-    {"hostPort": 8086, "containerPort": 86, "protocol": "tcp", "hostIP": "::"},
-]
+MAPPINGS = UPSTREAM_MAPPINGS
 
 
 def config(**extra) -> dict:

@@ -16,21 +16,12 @@ from cni_flannel.cni.config import parse_netconf
 from cni_flannel.firewall import _iptables, _nft
 from cni_flannel.portmap import iptables, nftables
 from cni_flannel.portmap.config import parse
+from tests.portmap_samples import UPSTREAM_MAPPINGS
 
 CID = ("icee6giejonei6sohng6ahngee7laquohquee9shiGo7fohferakah3Feiyoolu2pei7ciPhoh7shaoX6vai3vuf0"
        "ahfaeng8yohb9ceu0daez5hashee8ooYai5wa3y")
 DN = "CNI-DN-67e92b96e692a494b6b85"  # upstream test vector for ("test", CID)
 COMMENT = f'"dnat name: \\"test\\" id: \\"{CID}\\""'
-UPSTREAM_MAPPINGS = [
-    {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
-    {"hostPort": 8081, "containerPort": 80, "protocol": "tcp"},
-    {"hostPort": 8080, "containerPort": 81, "protocol": "udp"},
-    {"hostPort": 8082, "containerPort": 82, "protocol": "udp"},
-    {"hostPort": 8083, "containerPort": 83, "protocol": "tcp", "hostIP": "192.168.0.2"},
-    {"hostPort": 8084, "containerPort": 84, "protocol": "tcp", "hostIP": "0.0.0.0"},
-    {"hostPort": 8085, "containerPort": 85, "protocol": "tcp", "hostIP": "2001:db8:a::1"},
-    {"hostPort": 8086, "containerPort": 86, "protocol": "tcp", "hostIP": "::"},
-]
 
 
 def config(mappings=UPSTREAM_MAPPINGS, ips=("10.0.0.2/24", "2001:db8::2/64"), **extra):
