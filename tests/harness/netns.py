@@ -18,6 +18,7 @@ when missing) and the /run/netns mount that ``ip netns`` itself makes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -26,7 +27,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 PREFIX_BASE = "cft"
 OWNED_RE = re.compile(r"^cft[0-9a-f]{4}(-|$)")  # names made from a prefix
@@ -91,6 +92,17 @@ def remove_netns(name: str) -> None:
             pass
     if name in netns_names():
         run(["ip", "netns", "delete", name])
+
+
+@contextlib.contextmanager
+def temp_netns(tag: str) -> Iterator[str]:
+    """A bare network namespace ``cft<hex>-<tag>`` (no node around it), removed on exit."""
+    name = f"{new_prefix()}-{tag}"
+    run(["ip", "netns", "add", name])
+    try:
+        yield name
+    finally:
+        remove_netns(name)
 
 
 def remove_run_dir(path: str) -> None:

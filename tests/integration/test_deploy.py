@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import pytest
 
-from tests.harness.netns import new_prefix, remove_netns, run
+from tests.harness.netns import new_prefix, run, temp_netns
 from tests.harness.plugins import FROZEN_DIR
 
 pytestmark = pytest.mark.integration
@@ -73,12 +73,8 @@ def image(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def netns():
-    name = f"{new_prefix()}-depl"
-    run(["ip", "netns", "add", name])
-    try:
+    with temp_netns("depl") as name:
         yield name
-    finally:
-        remove_netns(name)
 
 
 # --- a container, as far as these initContainers need one ------------------------------------

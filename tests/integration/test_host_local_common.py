@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from tests.harness.exec import BASE_ENV, PluginRun, run_plugin
-from tests.harness.netns import new_prefix, remove_netns, run
+from tests.harness.netns import temp_netns
 from tests.harness.plugins import PluginsNotBuilt, plugin_dir, reference_dir
 
 NETWORK = "hlnet"
@@ -24,12 +24,8 @@ NETWORK = "hlnet"
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
-    name = f"{new_prefix()}-hl"
-    run(["ip", "netns", "add", name])
-    try:
+    with temp_netns("hl") as name:
         yield f"/run/netns/{name}"
-    finally:
-        remove_netns(name)
 
 
 @pytest.fixture(scope="module")

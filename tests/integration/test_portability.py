@@ -26,7 +26,7 @@ from typing import Dict, List, Mapping, Optional
 
 import pytest
 
-from tests.harness.netns import new_prefix, remove_netns, run
+from tests.harness.netns import new_prefix, remove_netns, run, temp_netns
 
 pytestmark = pytest.mark.integration
 
@@ -86,12 +86,8 @@ def workdir(node_root: Path):
 @pytest.fixture
 def netns():
     """A test network namespace `cft<hex>-port` (the only one these tests create)."""
-    name = f"{new_prefix()}-port"
-    run(["ip", "netns", "add", name])
-    try:
+    with temp_netns("port") as name:
         yield name
-    finally:
-        remove_netns(name)
 
 
 def in_root(root: Path, binaries: Path, argv: List[str], env: Mapping[str, str] = (),
