@@ -132,6 +132,13 @@ class Pod:
     def delete(self) -> None:
         remove_netns(self.netns)
 
+    def netns_for_del(self, how: str) -> str:
+        """CNI_NETNS for a DEL the way a runtime may send it: "netns" (the live namespace),
+        "empty" (no CNI_NETNS), "deleted" (the namespace is removed first; its old path)."""
+        if how == "deleted":
+            self.delete()
+        return "" if how == "empty" else self.path
+
     def __repr__(self) -> str:
         return f"Pod({self.netns})"
 

@@ -109,11 +109,7 @@ def test_del_without_netns_leaves_no_rules(node, pod, how):
     p = pod()
     assert add(node, p).rc == 0
     assert masq_rules(node)
-    netns = ""
-    if how == "deleted":
-        p.delete()
-        netns = p.path
-    d = run_plugin("bridge", "DEL", conf(), netns=netns, node=node, container_id=p.name)
+    d = run_plugin("bridge", "DEL", conf(), netns=p.netns_for_del(how), node=node, container_id=p.name)
     assert d.rc == 0, d
     assert masq_rules(node) == []
     assert ip_files(node) == []

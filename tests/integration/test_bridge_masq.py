@@ -38,13 +38,7 @@ def test_nftables_backend_add_check_del(node, pod, how):
     assert nat_cni(node) == []
     chk = run_plugin("bridge", "CHECK", dict(c, prevResult=r.json), netns=p.path, node=node, container_id="c1")
     assert chk.rc == 0, chk
-    netns = p.path
-    if how != "netns":
-        netns = ""
-        if how == "deleted":
-            p.delete()
-            netns = p.path
-    d = run_plugin("bridge", "DEL", c, netns=netns, node=node, container_id="c1")
+    d = run_plugin("bridge", "DEL", c, netns=p.netns_for_del(how), node=node, container_id="c1")
     assert d.rc == 0, d
     assert "10.244.3.2" not in nft_masq(node)
 

@@ -128,12 +128,7 @@ def test_del_removes_everything_and_repeats(node, pod, how):
     r = add(node, p, sconf())
     assert r.rc == 0, r
     assert len(pod_rules(node)) == 12
-    netns = p.path
-    if how != "netns":
-        netns = ""
-        if how == "deleted":
-            p.delete()
-            netns = p.path
+    netns = p.netns_for_del(how)
     for _ in range(2):
         d = run_plugin("bridge", "DEL", sconf(), netns=netns, node=node, container_id=p.name)
         assert d.rc == 0 and d.stdout == "", d
