@@ -19,7 +19,7 @@ NATIVE_STAMP := dist/cni-native/.cni-flannel/BUILD
 APT_PACKAGES := golang-go golang-github-appc-cni-dev golang-github-containerd-go-cni-dev \
 	containernetworking-plugins iptables nftables iproute2 conntrack debootstrap \
 	python3-venv python3-dev python3-yaml binutils hyperfine util-linux \
-	etcd-server iperf3 tcpdump kubernetes-client
+	etcd-server iperf3 tcpdump
 
 # Everything the frozen binaries are made of.
 BUNDLE_INPUTS := $(shell find cni_flannel plugins -name '*.py' 2>/dev/null) \
@@ -45,6 +45,13 @@ apt:
 		echo "deps: installing" $$missing; \
 		apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@# kubectl for the test API server's honesty check: Debian's kubernetes-client, unless a
+	@# kubectl is already installed (another package owning /usr/bin/kubectl would conflict).
+	@if ! command -v kubectl >/dev/null; then \
+		echo "deps: installing kubernetes-client (kubectl)"; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client; \
 	fi
 
 venv: $(VENV_STAMP)
