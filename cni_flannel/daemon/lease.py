@@ -28,10 +28,11 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
+IPNetwork = Union[IPv4Network, IPv6Network]
 
 DEFAULT_ETCD_PREFIX = "/coreos.com/network"
 SUBNET_TTL = 24 * 3600  # seconds; pkg/subnet/etcd/local_manager.go subnetTTL
@@ -70,6 +71,84 @@ class Lease:
     def renew_at(self, margin: float = RENEW_MARGIN) -> Optional[float]:
         """When to renew: ``margin`` seconds before expiry (None: never expires)."""
         return None if self.expiration is None else self.expiration - margin
+
+    # --- what a backend programs (derived; IPv4 and IPv6 through one path) -------------
+    @property
+    def backend_type(self) -> str:
+        return self.attrs.backend_type
+
+    def sides(self) -> List[Side]:
+        """One :class:`Side` per family the lease has, IPv4 first."""
+        out = []
+        if self.subnet is not None:
+            out.append(Side(4, self.subnet, _text(self.attrs.public_ip), vtep_mac(self.attrs.backend_data)))
+        if self.ipv6_subnet is not None:
+            out.append(Side(6, self.ipv6_subnet, _text(self.attrs.public_ipv6),
+                            vtep_mac(self.attrs.backend_v6_data)))
+        return out
+
+    def side(self, family: int) -> Optional[Side]:
+        return next((s for s in self.sides() if s.family == family), None)
+
+    @property
+    def name(self) -> str:
+        """How logs and errors name a lease: '10.244.2.0/24 (198.18.0.2)'."""
+        return " & ".join(f"{s.subnet} ({s.public_ip or 'no public IP'})" for s in self.sides()) or self.key
+
+    # --- the flat JSON form (the backend driver, tests, tools) --------------------------
+    @classmethod
+    def from_dict(cls, d: Any) -> Lease:
+        """{"Subnet", "PublicIP", "IPv6Subnet", "PublicIPv6", "BackendType" (default vxlan),
+        "BackendData", "BackendV6Data"}; LeaseFormatError names the bad field."""
+        if not isinstance(d, dict):
+            raise LeaseFormatError(f"a lease must be a JSON object, not {_dump(d)}")
+        nets = [_net(d.get(k), v, k) for k, v in (("Subnet", 4), ("IPv6Subnet", 6))]
+        if nets == [None, None]:
+            raise LeaseFormatError("a lease needs a Subnet or an IPv6Subnet")
+        kind = d.get("BackendType", "vxlan")
+        if not isinstance(kind, str):
+            raise LeaseFormatError(f"BackendType={_dump(kind)} is not a string")
+        attrs = LeaseAttrs(public_ip=_ip(d.get("PublicIP"), 4, "PublicIP"),
+                           public_ipv6=_ip(d.get("PublicIPv6"), 6, "PublicIPv6"), backend_type=kind,
+                           backend_data=d.get("BackendData"), backend_v6_data=d.get("BackendV6Data"))
+        return cls(subnet=nets[0], ipv6_subnet=nets[1], attrs=attrs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        a = self.attrs
+        out: Dict[str, Any] = {"BackendType": a.backend_type}
+        for key, value in (("Subnet", self.subnet), ("PublicIP", a.public_ip),
+                           ("IPv6Subnet", self.ipv6_subnet), ("PublicIPv6", a.public_ipv6),
+                           ("BackendData", a.backend_data), ("BackendV6Data", a.backend_v6_data)):
+            if value is not None:
+                out[key] = value if key.startswith("Backend") else str(value)
+        return out
+
+    def with_backend(self, backend_type: str, data: Any = None, v6_data: Any = None) -> Lease:
+        """This lease carrying another backend's attributes (what setup() reports)."""
+        attrs = LeaseAttrs(public_ip=self.attrs.public_ip, public_ipv6=self.attrs.public_ipv6,
+                           backend_type=backend_type, backend_data=data, backend_v6_data=v6_data)
+        return Lease(self.subnet, self.ipv6_subnet, attrs, self.expiration)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One address family of a lease: what a backend programs for it."""
+
+    family: int                 # 4 or 6
+    subnet: IPNetwork
+    public_ip: Optional[str]
+    vtep_mac: Optional[str]     # from BackendData / BackendV6Data; None when absent or unreadable
+
+
+def vtep_mac(data: Any) -> Optional[str]:
+    """The VtepMAC in vxlan backend data (any key case, as Go reads it); None if none."""
+    if not isinstance(data, dict):
+        return None
+    raw = next((v for k, v in data.items() if k.lower() == "vtepmac"), None)
+    try:
+        return normalize_mac(raw) if raw is not None else None
+    except LeaseFormatError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -304,6 +383,22 @@ def _ip(value: Any, version: int, key: str, where: str = "lease value", required
     if addr is None or addr.version != version:
         raise LeaseFormatError(f"{where}: {key}={_dump(value)} is not an IPv{version} address")
     return None if addr == _ZERO4 else addr
+
+
+def _text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _net(value: Any, version: int, key: str) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        net = ipaddress.ip_network(value) if isinstance(value, str) else None
+    except ValueError as exc:
+        raise LeaseFormatError(f"lease {key} {_dump(value)} is not a network: {exc}") from None
+    if net is None or net.version != version:
+        raise LeaseFormatError(f"lease {key} {_dump(value)} is not an IPv{version} network")
+    return net
 
 
 def _annotation_json(text: Optional[str], key: str, where: str) -> Any:

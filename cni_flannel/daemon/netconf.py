@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..cni.errors import InvalidConfig
+from .errors import ConfigError
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -51,8 +51,12 @@ _KNOWN = {k.lower() for k in ("EnableIPv4", "EnableIPv6", "EnableNFTables", "Bac
 _BACKEND_KNOWN = {k.lower() for k in ("Type", "VNI", "Port", "MTU", "DirectRouting", "GBP", "Learning")}
 
 
-class NetConfError(InvalidConfig):
+class NetConfError(ConfigError):
     """net-conf.json cannot work; the message names the key, the value and what to do."""
+
+    def __init__(self, msg: str, hint: str = "") -> None:
+        super().__init__(f"{msg}: {hint}" if hint else msg)
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,18 @@ def _backend(c: _Reader, value: Any, source: str) -> Backend:
     raw = {k: v for k, v in value.items()}
     return Backend(type=kind, vni=vni, port=port, mtu=mtu, direct_routing=b.boolean("DirectRouting", False),
                    gbp=b.boolean("GBP", False), learning=b.boolean("Learning", False), raw=raw)
+
+
+def parse_backend(value: Any, source: str = "net-conf.json", default_type: str = "") -> Backend:
+    """net-conf.json's Backend section alone (a dict; keys case-insensitive, as Go reads them).
+    ``default_type`` fills a missing Type (the backend driver names its backend itself)."""
+    if isinstance(value, dict):
+        value = json.loads(json.dumps(value), object_pairs_hook=_fold)
+        if default_type and not value.get("type"):
+            value["type"] = default_type
+    elif value is None and default_type:
+        value = {"type": default_type}
+    return _backend(_Reader({}, source), value, source)
 
 
 def _fold(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:

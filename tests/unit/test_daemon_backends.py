@@ -6,9 +6,11 @@ import ipaddress
 
 import pytest
 
-from cni_flannel.cni.errors import InvalidConfig
 from cni_flannel.daemon.backends import new
-from cni_flannel.daemon.backends.peers import BackendConfig, Event, Lease, Side
+from cni_flannel.daemon.backends.__main__ import event_from_dict
+from cni_flannel.daemon.errors import ConfigError
+from cni_flannel.daemon.lease import Lease, LeaseFormatError, Side
+from cni_flannel.daemon.netconf import parse_backend
 from cni_flannel.daemon.backends.plan import (Fdb, Neigh, RouteEntry, State, diff,
                                               directly_connected, in_networks)
 from cni_flannel.daemon.backends.vxlan import (VtepSpec, incompatible, peer_entries, random_mac,
@@ -31,7 +33,7 @@ def test_lease_round_trips_the_etcd_form():
          "IPv6Subnet": "fd00:10:244:2::/64", "PublicIPv6": "2001:db8::2",
          "BackendV6Data": {"VNI": 1, "VtepMAC": MAC3}}
     lease = Lease.from_dict(d)
-    assert lease.to_dict(vni=1) == d
+    assert lease.to_dict() == d
     assert lease.key == "10.244.2.0-24&fd00:10:244:2::-64"
     assert lease.name == "10.244.2.0/24 (198.18.0.2) & fd00:10:244:2::/64 (2001:db8::2)"
     assert [s.family for s in lease.sides()] == [4, 6]
@@ -39,30 +41,43 @@ def test_lease_round_trips_the_etcd_form():
 
 
 @pytest.mark.parametrize("d,needle", [
-    ({}, "needs a Subnet"),
+    ({}, "needs a Subnet"), ([], "JSON object"), ({"Subnet": "10.244.2.0/24", "BackendType": 3}, "BackendType"),
     ({"Subnet": "10.244.2.1/24"}, "is not a network"),
     ({"Subnet": "fd00::/64"}, "not an IPv4 network"),
     ({"Subnet": "10.244.2.0/24", "PublicIP": "2001:db8::1"}, "PublicIP"),
     ({"IPv6Subnet": "fd00::/64", "PublicIPv6": "nope"}, "PublicIPv6"),
 ])
 def test_bad_leases_name_the_field(d, needle):
-    with pytest.raises(InvalidConfig, match=needle):
+    with pytest.raises(LeaseFormatError, match=needle):
         Lease.from_dict(d)
 
 
+def test_ipv6_only_lease_has_upstreams_key():
+    lease = Lease.from_dict({"IPv6Subnet": "fd00:10:244:2::/64", "PublicIPv6": "2001:db8::2"})
+    assert lease.key == "0.0.0.0-0&fd00:10:244:2::-64"  # flannel's empty IP4Net, as etcd holds it
+    assert [s.family for s in lease.sides()] == [6] and lease.side(4) is None
+
+
+def test_vtep_mac_is_read_leniently_from_backend_data():
+    lease = Lease.from_dict({"Subnet": "10.244.2.0/24", "BackendData": {"vtepmac": MAC2.upper()}})
+    assert lease.side(4).vtep_mac == MAC2
+    assert Lease.from_dict({"Subnet": "10.244.2.0/24", "BackendData": {"VtepMAC": "nope"}}).side(4).vtep_mac is None
+
+
 def test_event_type_is_checked():
-    assert Event.from_dict({"type": "Added", "lease": {"Subnet": "10.244.2.0/24"}}).type == "added"
-    with pytest.raises(InvalidConfig, match="'renamed'"):
-        Event.from_dict({"type": "renamed", "lease": {"Subnet": "10.244.2.0/24"}})
+    assert event_from_dict({"type": "Added", "lease": {"Subnet": "10.244.2.0/24"}}).type == "added"
+    with pytest.raises(LeaseFormatError, match="'renamed'"):
+        event_from_dict({"type": "renamed", "lease": {"Subnet": "10.244.2.0/24"}})
 
 
 def test_backend_config_defaults_are_flannels():
-    c = BackendConfig.from_dict({"Type": "vxlan"})
-    assert (c.vni, c.port, c.gbp, c.learning, c.direct_routing, c.mtu) == (1, 8472, False, False, False, None)
-    assert BackendConfig.from_dict({"Port": 0, "MTU": 0}).port == 8472
-    assert BackendConfig.from_dict(None).type == "vxlan"
-    c = BackendConfig.from_dict({"Type": "host-gw", "VNI": 4096, "Port": 4789, "DirectRouting": True, "MTU": 9000})
-    assert (c.type, c.vni, c.port, c.direct_routing, c.mtu) == ("host-gw", 4096, 4789, True, 9000)
+    c = parse_backend({"Type": "vxlan"})
+    assert (c.vni, c.effective_port, c.gbp, c.learning, c.direct_routing, c.mtu) == (1, 8472, False, False, False, 0)
+    assert parse_backend({"Type": "vxlan", "Port": 0, "MTU": 0}).effective_port == 8472
+    assert parse_backend(None, default_type="vxlan").type == "vxlan"
+    assert parse_backend({"type": "host-gw", "directrouting": True}).direct_routing  # keys as Go reads them
+    c = parse_backend({"Type": "host-gw", "VNI": 4096, "Port": 4789, "DirectRouting": True, "MTU": 9000})
+    assert (c.type, c.vni, c.effective_port, c.direct_routing, c.mtu) == ("host-gw", 4096, 4789, True, 9000)
 
 
 @pytest.mark.parametrize("d,needle", [({"VNI": "1"}, "Backend.VNI"), ({"VNI": 1 << 24}, "Backend.VNI"),
@@ -70,13 +85,13 @@ def test_backend_config_defaults_are_flannels():
                                       ({"DirectRouting": 1}, "Backend.DirectRouting"),
                                       ({"MTU": 40}, "Backend.MTU"), ({"VNI": True}, "Backend.VNI")])
 def test_backend_config_rejects_bad_values(d, needle):
-    with pytest.raises(InvalidConfig, match=needle):
-        BackendConfig.from_dict(d)
+    with pytest.raises(ConfigError, match=needle):
+        parse_backend(d, default_type="vxlan")
 
 
 def test_unknown_backend_type_is_refused():
-    with pytest.raises(InvalidConfig, match="'udp' is not supported"):
-        new("udp")
+    with pytest.raises(ConfigError, match="'tun' is not supported"):
+        new("tun")
     assert type(new("vxlan")).__name__ == "VxlanBackend" and type(new("host-gw")).__name__ == "HostGwBackend"
 
 
@@ -201,15 +216,14 @@ def test_peer_entries():
 
 
 def test_lease_from_the_lease_managers_form() -> None:
-    """The lease managers' Lease (cni_flannel.daemon.lease) converts into the backends' one."""
+    """The lease the managers read from etcd is the one the backends program from."""
     from cni_flannel.daemon import lease as stored
-    from cni_flannel.daemon.backends.peers import Lease as PeerLease
 
     key = "/coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:2::-64"
     value = ('{"PublicIP":"198.18.0.2","PublicIPv6":"2001:db8::2","BackendType":"vxlan",'
              '"BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:02:00"},'
              '"BackendV6Data":{"VNI":1,"VtepMAC":"0a:58:0a:f4:02:01"}}')
-    peer = PeerLease.from_lease(stored.lease_from_kv(key, value, 86400, 0.0))
-    assert peer == PeerLease(subnet="10.244.2.0/24", public_ip="198.18.0.2", ipv6_subnet="fd00:10:244:2::/64",
-                             public_ipv6="2001:db8::2", backend_type="vxlan",
-                             vtep_mac="0a:58:0a:f4:02:00", vtep_mac_v6="0a:58:0a:f4:02:01")
+    lease = stored.lease_from_kv(key, value, 86400, 0.0)
+    assert lease.backend_type == "vxlan" and lease.key == "10.244.2.0-24&fd00:10:244:2::-64"
+    assert lease.sides() == [Side(4, ipaddress.ip_network("10.244.2.0/24"), "198.18.0.2", "0a:58:0a:f4:02:00"),
+                             Side(6, ipaddress.ip_network("fd00:10:244:2::/64"), "2001:db8::2", "0a:58:0a:f4:02:01")]

@@ -9,7 +9,10 @@ import pytest
 
 from cni_flannel.daemon.backends.__main__ import serve
 from cni_flannel.daemon.backends.host_gw import HostGwBackend
-from cni_flannel.daemon.backends.peers import BackendError, Event, Lease, PeerError
+from cni_flannel.daemon.backends.base import PeerError
+from cni_flannel.daemon.errors import BackendError
+from cni_flannel.daemon.lease import Lease
+from cni_flannel.daemon.manager import Event
 from cni_flannel.daemon.backends.vxlan import VxlanBackend
 from cni_flannel.net.types import Route
 from tests.unit.test_daemon_backends_fake import FakeKernel
@@ -19,11 +22,14 @@ MAC = {2: "0a:58:0a:f4:02:00", 3: "0a:58:0a:f4:03:00", 4: "0a:58:0a:f4:04:00"}
 
 
 def lease(n: int, btype: str = "vxlan", public: str = "", v6: bool = False, mac: str = "") -> Lease:
-    return Lease(subnet=f"10.244.{n}.0/24", public_ip=public or f"198.18.0.{n}", backend_type=btype,
-                 vtep_mac=(mac or MAC.get(n)) if btype == "vxlan" else None,
-                 ipv6_subnet=f"fd00:10:244:{n}::/64" if v6 else None,
-                 public_ipv6=f"2001:db8::{n}" if v6 else None,
-                 vtep_mac_v6=(mac or MAC.get(n)) if v6 and btype == "vxlan" else None)
+    d = {"Subnet": f"10.244.{n}.0/24", "PublicIP": public or f"198.18.0.{n}", "BackendType": btype}
+    if v6:
+        d.update(IPv6Subnet=f"fd00:10:244:{n}::/64", PublicIPv6=f"2001:db8::{n}")
+    if btype == "vxlan" and (mac or MAC.get(n)):
+        d["BackendData"] = {"VNI": 1, "VtepMAC": mac or MAC[n]}
+        if v6:
+            d["BackendV6Data"] = {"VNI": 1, "VtepMAC": mac or MAC[n]}
+    return Lease.from_dict(d)
 
 
 def vxlan(k: FakeKernel, **config) -> VxlanBackend:
@@ -269,3 +275,19 @@ def test_driver_requests():
     assert len(reply["plan"]["delete"]) == 3
     assert serve(be, json.dumps({"op": "peers"})) == {"ok": True, "peers": []}
     assert not serve(be, json.dumps({"op": "dance"}))["ok"]
+
+
+def test_lease_attrs_keep_the_existing_vteps_mac_and_setup_uses_a_new_one():
+    """The lease is acquired before setup: its VtepMAC must be the one the device will have."""
+    import ipaddress
+
+    k = FakeKernel()
+    be = VxlanBackend({}, handle=k)
+    fresh = be.lease_attrs(ipaddress.ip_address("198.18.0.1"))
+    assert fresh.backend_type == "vxlan" and fresh.backend_v6_data is None
+    mac = fresh.backend_data["VtepMAC"]
+    own = lease(1).with_backend("vxlan", fresh.backend_data)
+    assert be.setup(own)["BackendData"]["VtepMAC"] == mac == k.link("flannel.1").mac
+    again = VxlanBackend({}, handle=k).lease_attrs(ipaddress.ip_address("198.18.0.1"))  # a restart
+    assert again.backend_data == {"VNI": 1, "VtepMAC": mac}
+    assert HostGwBackend({}, handle=k).lease_attrs(ipaddress.ip_address("198.18.0.1")).backend_data is None

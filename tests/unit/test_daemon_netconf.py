@@ -10,6 +10,7 @@ import pytest
 
 from cni_flannel.cni.errors import InvalidConfig
 from cni_flannel.daemon import netconf
+from cni_flannel.daemon.errors import ConfigError
 from cni_flannel.daemon.netconf import NetConfError
 
 
@@ -143,10 +144,10 @@ def test_pool_helpers() -> None:
 
 # --- validation ---------------------------------------------------------------------------
 
-def test_errors_are_invalid_config() -> None:
-    with pytest.raises(InvalidConfig) as info:
+def test_errors_are_the_daemons_config_errors() -> None:
+    with pytest.raises(ConfigError) as info:
         parse({})
-    assert info.value.code == 7
+    assert info.value.exit_code == 1 and not isinstance(info.value, InvalidConfig)
 
 
 @pytest.mark.parametrize("obj, words", [

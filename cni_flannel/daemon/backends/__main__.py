@@ -23,9 +23,22 @@ import logging
 import sys
 from typing import Any, Dict
 
-from cni_flannel.cni.errors import CNIError
 from cni_flannel.daemon.backends import new
-from cni_flannel.daemon.backends.peers import BackendConfig, Event, Lease
+from cni_flannel.daemon.errors import DaemonError
+from cni_flannel.daemon.lease import Lease, LeaseFormatError
+from cni_flannel.daemon.manager import ADDED, REMOVED, Event
+from cni_flannel.daemon.netconf import parse_backend
+from cni_flannel.net.errors import NetFailure
+
+
+def event_from_dict(d: Any) -> Event:
+    """{"type": "added"|"removed", "lease": {...}} (type case-insensitive)."""
+    if not isinstance(d, dict):
+        raise LeaseFormatError(f"a lease event must be a JSON object, not {d!r}")
+    kind = str(d.get("type", "")).lower()
+    if kind not in (ADDED, REMOVED):
+        raise LeaseFormatError(f"lease event type {d.get('type')!r} is neither {ADDED!r} nor {REMOVED!r}")
+    return Event(kind, Lease.from_dict(d.get("lease")))
 
 
 def serve(be: Any, line: str) -> Dict[str, Any]:
@@ -39,7 +52,7 @@ def serve(be: Any, line: str) -> Dict[str, Any]:
         plan = be.reconcile(None if peers is None else [Lease.from_dict(p) for p in peers])
         return {"ok": True, "plan": plan.to_dict()}
     if op == "handle":
-        plan = be.handle([Event.from_dict(e) for e in req.get("events", [])])
+        plan = be.handle([event_from_dict(e) for e in req.get("events", [])])
         return {"ok": True, "plan": plan.to_dict()}
     if op == "peers":
         return {"ok": True, "peers": [p.to_dict() for p in be.peers.values()]}
@@ -53,18 +66,20 @@ def main() -> int:
     parser.add_argument("--iface", default=None, help="external interface (default: the one with PublicIP)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
-    config = BackendConfig.from_dict(json.loads(args.backend))
+    config = parse_backend(json.loads(args.backend), "--backend", default_type="vxlan")
     be = new(config.type, config, networks=args.network, ext_iface=args.iface)
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
             reply = serve(be, line)
-        except CNIError as exc:
+        except DaemonError as exc:
             reply = {"ok": False, "error": type(exc).__name__, "msg": exc.msg,
                      "peers": getattr(exc, "peers", [])}
         except (ValueError, KeyError, TypeError) as exc:
             reply = {"ok": False, "error": type(exc).__name__, "msg": str(exc)}
+        except NetFailure as exc:  # a netlink request the backend does not handle itself
+            reply = {"ok": False, "error": type(exc).__name__, "msg": exc.msg, "peers": []}
         print(json.dumps(reply), flush=True)
     be.close()
     return 0

@@ -1,6 +1,7 @@
 """What vxlan and host-gw share: the peer set, lease events, reconcile, error reporting.
 
     be = VxlanBackend({"VNI": 1}, networks=["10.244.0.0/16"])
+    attrs = be.lease_attrs(ip4, ip6)    # what to lease with (vxlan: the VtepMAC to keep)
     data = be.setup(own_lease)          # devices made; {"BackendType", "BackendData": {VtepMAC}}
     be.reconcile(all_current_peers)     # startup: stale entries removed, missing ones added
     be.handle([Event("added", lease)])  # then the lease watch's batches
@@ -18,14 +19,26 @@ import logging
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from cni_flannel.daemon.backends.apply import Scope, apply, read_state
-from cni_flannel.daemon.backends.peers import (ADDED, BackendConfig, BackendError, Event, Lease,
-                                               PeerError)
 from cni_flannel.daemon.backends.plan import Plan, State, diff
+from cni_flannel.daemon.errors import BackendError
+from cni_flannel.daemon.lease import Lease, LeaseAttrs
+from cni_flannel.daemon.manager import ADDED, Event
+from cni_flannel.daemon.netconf import Backend as BackendConfig
+from cni_flannel.daemon.netconf import parse_backend
 from cni_flannel.net.types import Link
 
 log = logging.getLogger("cni_flannel.daemon.backends")
 
 Refusal = Tuple[Lease, str]
+
+
+class PeerError(BackendError):
+    """Some peers could not be programmed (or were refused); ``.peers`` names them.  The
+    daemon logs it and carries on with the others (the next resync retries)."""
+
+    def __init__(self, msg: str, peers: Sequence[str]) -> None:
+        super().__init__(msg)
+        self.peers = list(peers)
 
 
 class Backend:
@@ -34,7 +47,8 @@ class Backend:
     def __init__(self, config: Union[BackendConfig, Dict[str, Any], None] = None,
                  networks: Sequence[str] = (), ext_iface: Optional[str] = None,
                  handle: Any = None) -> None:
-        self.config = config if isinstance(config, BackendConfig) else BackendConfig.from_dict(config)
+        self.config = config if isinstance(config, BackendConfig) else parse_backend(
+            config, "Backend", default_type=self.type)
         self.networks = tuple(str(ipaddress.ip_network(n)) for n in networks)
         self.ext_iface = ext_iface
         self._handle = handle
@@ -79,6 +93,11 @@ class Backend:
         raise NotImplementedError
 
     # --- setup -----------------------------------------------------------------------
+    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None) -> LeaseAttrs:
+        """The attributes to acquire our lease with (before setup: the subnet is not known
+        yet).  vxlan overrides this to record the VtepMAC it will keep."""
+        return LeaseAttrs(public_ip=public_ip, public_ipv6=public_ipv6, backend_type=self.type)
+
     def setup(self, node: Lease) -> Dict[str, Any]:
         """Make this node's devices for ``node`` (its own lease); return its lease attributes."""
         if node.backend_type != self.type:

@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 from cni_flannel.daemon.backends.apply import Scope
 from cni_flannel.daemon.backends.base import Backend, Refusal
-from cni_flannel.daemon.backends.peers import BackendError, Lease
+from cni_flannel.daemon.errors import BackendError
+from cni_flannel.daemon.lease import Lease
 from cni_flannel.daemon.backends.plan import Entry, RouteEntry, State, directly_connected
 
 

@@ -26,7 +26,8 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 from cni_flannel.daemon.backends.apply import Scope
 from cni_flannel.daemon.backends.base import Backend, Refusal
-from cni_flannel.daemon.backends.peers import BackendError, Lease, Side
+from cni_flannel.daemon.errors import BackendError
+from cni_flannel.daemon.lease import Lease, LeaseAttrs, Side
 from cni_flannel.daemon.backends.plan import (Entry, Fdb, Neigh, RouteEntry, State,
                                               directly_connected)
 from cni_flannel.net.errors import NotFound
@@ -109,12 +110,27 @@ class VxlanBackend(Backend):
         super().__init__(*args, **kwargs)
         self.specs: Dict[int, VtepSpec] = {}   # per family
         self.vteps: Dict[int, Link] = {}
+        self.macs: Dict[int, str] = {}         # the VtepMAC per family our lease advertises
+
+    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None) -> LeaseAttrs:
+        """Lease with the VtepMAC of the device that already exists (a restart: peers keep
+        theirs pointing at it), else a fresh one that setup() then creates the device with."""
+        data: Dict[int, Any] = {}
+        for family, ip in ((4, public_ip), (6, public_ipv6)):
+            if ip is None:
+                continue
+            link = self.h.find_link(device_name(self.config.vni, family))
+            mac = link.mac if link is not None and link.kind == "vxlan" and link.mac else random_mac()
+            self.macs[family] = mac
+            data[family] = {"VNI": self.config.vni, "VtepMAC": mac}
+        return LeaseAttrs(public_ip=public_ip, public_ipv6=public_ipv6, backend_type=self.type,
+                          backend_data=data.get(4), backend_v6_data=data.get(6))
 
     # --- devices ---------------------------------------------------------------------
     def _setup_devices(self) -> Dict[str, Any]:
         assert self.node is not None and self.ext is not None
         c = self.config
-        self.specs = {s.family: vtep_spec(c.vni, c.port, c.learning, c.gbp, s, self.ext.index,
+        self.specs = {s.family: vtep_spec(c.vni, c.effective_port, c.learning, c.gbp, s, self.ext.index,
                                           self.underlay_mtu) for s in self.node.sides()}
         self._ensure_devices()
         out: Dict[str, Any] = {"BackendType": self.type}
@@ -133,7 +149,8 @@ class VxlanBackend(Backend):
         # Keep the VtepMAC peers already have (ours from before, or the old device's after a
         # restart): a new one would leave every peer's neighbour and FDB entry pointing nowhere.
         known = self.vteps.get(spec.family)
-        mac = known.mac if known else (link.mac if link is not None and link.mac else random_mac())
+        mac = known.mac if known else (link.mac if link is not None and link.mac
+                                       else self.macs.get(spec.family) or random_mac())
         if link is not None:
             why = incompatible(spec, link)
             if why:

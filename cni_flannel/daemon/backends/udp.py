@@ -1,0 +1,219 @@
+"""The udp backend (flannel pkg/backend/udp): TUN flannel0 and a userspace forwarder.
+
+Kernel state (reconciled like vxlan's): a TUN device ``flannel0`` (IFF_TUN|IFF_NO_PI),
+address ``<subnet .0>/32``, MTU = underlay − 28, up, and one route for the whole Network
+via flannel0.  Peers are not kernel state: each lease becomes a PeerTable entry
+``<peer subnet> -> <peer PublicIP>:<Port>`` for the forwarder threads (cni_flannel.daemon.udp).
+
+Lease attributes as upstream writes them: only PublicIP (no BackendType, no BackendData), so
+peers with BackendType "" (upstream udp nodes) or "udp" are both accepted.  IPv4 only.
+
+flannel0 lives while our fd is open: a stopped daemon takes it (and its route) with it, a
+started one makes it again.  Deleted under us, it is recreated by ``reconcile`` / the next
+``handle`` (the forwarder gets the new fd).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from cni_flannel.daemon.backends.apply import Scope
+from cni_flannel.daemon.backends.base import Backend, Refusal
+from cni_flannel.daemon.backends.peers import BackendError, Lease
+from cni_flannel.daemon.backends.plan import RouteEntry, State
+from cni_flannel.daemon.udp.forwarder import Forwarder
+from cni_flannel.daemon.udp.routes import PeerTable
+from cni_flannel.net.errors import NetFailure
+from cni_flannel.net.tun import open_tun
+from cni_flannel.net.types import Link
+
+log = logging.getLogger("cni_flannel.daemon.backends")
+
+DEVICE = "flannel0"
+DEFAULT_PORT = 8285
+OVERHEAD = 28          # outer IPv4 20 + UDP 8
+ACCEPTED_TYPES = ("udp", "")  # upstream's udp leases carry no BackendType
+
+
+def udp_port(config: Any) -> int:
+    """Backend.Port, 0/absent meaning 8285 (from a dict or netconf.Backend)."""
+    if config is None:
+        return DEFAULT_PORT
+    if isinstance(config, dict):
+        return int(config.get("Port") or DEFAULT_PORT)
+    if hasattr(config, "effective_port"):
+        return int(config.effective_port() or DEFAULT_PORT)
+    return DEFAULT_PORT
+
+
+class UdpBackend(Backend):
+    type = "udp"
+
+    def __init__(self, config: Any = None, *args: Any, **kwargs: Any) -> None:
+        self.port = udp_port(config)
+        super().__init__(config, *args, **kwargs)
+        nets = [n for n in self.networks if ipaddress.ip_network(n).version == 4]
+        if len(nets) != 1:
+            raise BackendError(f"udp backend needs exactly one IPv4 Network, got {list(self.networks) or 'none'}")
+        self.network = nets[0]
+        self.tun_fd = -1
+        self.link: Optional[Link] = None
+        self.sock: Optional[socket.socket] = None
+        self.forwarder: Optional[Forwarder] = None
+
+    # --- setup ---------------------------------------------------------------------------
+    def setup(self, node: Lease) -> Dict[str, Any]:
+        if node.backend_type not in ACCEPTED_TYPES:
+            raise BackendError(f"own lease {node.name} has BackendType {node.backend_type!r}, "
+                               "this backend is 'udp'")
+        side = node.side(4)
+        if side is None or not side.public_ip:
+            raise BackendError(f"udp backend carries IPv4 only: own lease {node.name} needs a Subnet and PublicIP")
+        if not side.subnet.subnet_of(ipaddress.IPv4Network(self.network)):
+            raise BackendError(f"own subnet {side.subnet} is outside the Network {self.network}")
+        # base.setup insists on BackendType == "udp"; upstream leases have none.
+        self.node = node if node.backend_type == self.type else _with_type(node, self.type)
+        self._resolve_ext()
+        return self._setup_devices()
+
+    def _setup_devices(self) -> Dict[str, Any]:
+        assert self.node is not None
+        side = self.node.side(4)
+        assert side is not None
+        self._ensure_devices()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            sock.bind((side.public_ip, self.port))
+        except OSError as exc:
+            sock.close()
+            self._close_tun()
+            raise BackendError(f"udp backend: cannot listen on {side.public_ip}:{self.port}: "
+                               f"{exc.strerror or exc}") from None
+        self.sock = sock
+        self.forwarder = Forwarder(self.tun_fd, sock, self._table(), str(side.subnet), self.mtu)
+        self.forwarder.start()
+        log.info("udp: flannel0 up (%s, MTU %d), listening on %s:%d", self.address, self.mtu,
+                 side.public_ip, self.port)
+        return {"BackendType": ""}  # upstream's udp writes PublicIP only
+
+    @property
+    def address(self) -> str:
+        assert self.node is not None and self.node.subnet
+        return f"{ipaddress.IPv4Network(self.node.subnet).network_address}/32"
+
+    @property
+    def mtu(self) -> int:
+        return self.underlay_mtu - OVERHEAD
+
+    def _ensure_devices(self) -> None:
+        if self._devices_intact() and self.link is not None:
+            self._configure(self.link)
+            return
+        self._close_tun()
+        self.tun_fd = open_tun(DEVICE)
+        try:
+            self.link = self._configure(self.h.link(DEVICE))
+        except NetFailure:
+            self._close_tun()
+            raise
+        if self.forwarder is not None:
+            self.forwarder.set_tun(self.tun_fd)
+
+    def _configure(self, link: Link) -> Link:
+        h = self.h
+        if link.mtu != self.mtu:
+            h.set_mtu(link.index, self.mtu)
+        have = [a for a in h.addresses(link.index, 4) if a.scope == 0]
+        for addr in have:
+            if addr.cidr != self.address:
+                h.delete_address(link.index, addr.cidr)
+        if self.address not in [a.cidr for a in have]:
+            h.add_address(link.index, self.address)
+        if not link.up:
+            h.set_up(link.index)
+        return h.link(link.index)
+
+    def _devices_intact(self) -> bool:
+        if self.link is None or self.tun_fd < 0:
+            return False
+        link = self.h.find_link(DEVICE)
+        return link is not None and link.index == self.link.index
+
+    def _close_tun(self) -> None:
+        if self.tun_fd >= 0 and self.forwarder is None:
+            import os
+            os.close(self.tun_fd)
+        self.tun_fd = -1
+        self.link = None
+
+    def close(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.log_counters(force=True)
+            self.forwarder.stop()
+            self.forwarder = None
+        if self.tun_fd >= 0:
+            import os
+            try:
+                os.close(self.tun_fd)
+            except OSError:
+                pass
+        self.tun_fd = -1
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        super().close()
+
+    # --- peers ---------------------------------------------------------------------------
+    def _wanted(self, lease: Lease) -> bool:
+        if lease.backend_type in ACCEPTED_TYPES:
+            lease = _with_type(lease, self.type)
+        return super()._wanted(lease)
+
+    def scope(self) -> Scope:
+        assert self.link is not None
+        return Scope(devices={DEVICE: self.link.index}, networks=(self.network,))
+
+    def desired(self, peers: Iterable[Lease]) -> Tuple[State, List[Refusal]]:
+        refused: List[Refusal] = []
+        for lease in peers:
+            side = lease.side(4)
+            if side is None or not side.public_ip:
+                refused.append((lease, "no IPv4 Subnet and PublicIP in its lease (udp carries IPv4 only)"))
+        return State.of([RouteEntry(self.network, None, DEVICE)]), refused
+
+    def _table(self) -> PeerTable:
+        pairs = []
+        for lease in self.peers.values():
+            side = lease.side(4)
+            if side is not None and side.public_ip:
+                pairs.append((str(side.subnet), side.public_ip))
+        return PeerTable(self.network, pairs, self.port)
+
+    def handle(self, events: Any) -> Any:
+        try:
+            return super().handle(events)
+        finally:
+            self._publish()
+
+    def reconcile(self, peers: Optional[Iterable[Lease]] = None) -> Any:
+        try:
+            return super().reconcile(peers)
+        finally:
+            self._publish()
+
+    def _publish(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.set_table(self._table())
+
+    def counters(self) -> Dict[str, Any]:
+        return self.forwarder.counters.as_dict() if self.forwarder else {}
+
+
+def _with_type(lease: Lease, backend_type: str) -> Lease:
+    from dataclasses import replace
+    return replace(lease, backend_type=backend_type)
