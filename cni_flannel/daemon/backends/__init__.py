@@ -5,6 +5,7 @@
     base      the peer set, handle(events), reconcile(peers) shared by the backends; PeerError
     vxlan     VxlanBackend: flannel.<VNI> / flannel-v6.<VNI>, neighbour + FDB + onlink route
     host_gw   HostGwBackend: <peer subnet> via <peer public IP> dev <ext>
+    udp       UdpBackend: TUN flannel0 + the forwarder threads of cni_flannel.daemon.udp
 
 Leases are :class:`cni_flannel.daemon.lease.Lease`, events :class:`cni_flannel.daemon.manager.Event`,
 options :class:`cni_flannel.daemon.netconf.Backend`, errors :class:`cni_flannel.daemon.errors.BackendError`.
@@ -22,6 +23,7 @@ from typing import Any, Dict
 REGISTRY: Dict[str, str] = {
     "vxlan": "cni_flannel.daemon.backends.vxlan:VxlanBackend",
     "host-gw": "cni_flannel.daemon.backends.host_gw:HostGwBackend",
+    "udp": "cni_flannel.daemon.backends.udp:UdpBackend",
 }
 
 

@@ -10,6 +10,7 @@ Each stdin line is a request, answered by one stdout line:
     {"op": "reconcile"}                             (the peers it knows)
     {"op": "handle", "events": [{"type": "added"|"removed", "lease": {...}}]}
     {"op": "peers"}                                 -> {"ok": true, "peers": [...]}
+    {"op": "counters"}                              -> (udp) {"ok": true, "counters": {...}}
 
 A failure answers {"ok": false, "error": "<class>", "msg": "...", "peers": [...]} and the
 process keeps its state, as the daemon would.
@@ -56,6 +57,8 @@ def serve(be: Any, line: str) -> Dict[str, Any]:
         return {"ok": True, "plan": plan.to_dict()}
     if op == "peers":
         return {"ok": True, "peers": [p.to_dict() for p in be.peers.values()]}
+    if op == "counters" and hasattr(be, "counters"):  # the udp forwarder's
+        return {"ok": True, "counters": be.counters()}
     return {"ok": False, "error": "InvalidRequest", "msg": f"unknown op {op!r}"}
 
 

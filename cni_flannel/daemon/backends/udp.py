@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from cni_flannel.daemon.backends.apply import Scope
 from cni_flannel.daemon.backends.base import Backend, Refusal
-from cni_flannel.daemon.backends.peers import BackendError, Lease
 from cni_flannel.daemon.backends.plan import RouteEntry, State
+from cni_flannel.daemon.errors import BackendError
+from cni_flannel.daemon.lease import Lease, LeaseAttrs
 from cni_flannel.daemon.udp.forwarder import Forwarder
 from cni_flannel.daemon.udp.routes import PeerTable
 from cni_flannel.net.errors import NetFailure
@@ -38,23 +40,12 @@ OVERHEAD = 28          # outer IPv4 20 + UDP 8
 ACCEPTED_TYPES = ("udp", "")  # upstream's udp leases carry no BackendType
 
 
-def udp_port(config: Any) -> int:
-    """Backend.Port, 0/absent meaning 8285 (from a dict or netconf.Backend)."""
-    if config is None:
-        return DEFAULT_PORT
-    if isinstance(config, dict):
-        return int(config.get("Port") or DEFAULT_PORT)
-    if hasattr(config, "effective_port"):
-        return int(config.effective_port() or DEFAULT_PORT)
-    return DEFAULT_PORT
-
-
 class UdpBackend(Backend):
     type = "udp"
 
-    def __init__(self, config: Any = None, *args: Any, **kwargs: Any) -> None:
-        self.port = udp_port(config)
-        super().__init__(config, *args, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.port = self.config.effective_port or DEFAULT_PORT
         nets = [n for n in self.networks if ipaddress.ip_network(n).version == 4]
         if len(nets) != 1:
             raise BackendError(f"udp backend needs exactly one IPv4 Network, got {list(self.networks) or 'none'}")
@@ -65,6 +56,10 @@ class UdpBackend(Backend):
         self.forwarder: Optional[Forwarder] = None
 
     # --- setup ---------------------------------------------------------------------------
+    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None) -> LeaseAttrs:
+        """PublicIP only, byte for byte what upstream's udp backend leases with."""
+        return LeaseAttrs(public_ip=public_ip)
+
     def setup(self, node: Lease) -> Dict[str, Any]:
         if node.backend_type not in ACCEPTED_TYPES:
             raise BackendError(f"own lease {node.name} has BackendType {node.backend_type!r}, "
@@ -74,8 +69,8 @@ class UdpBackend(Backend):
             raise BackendError(f"udp backend carries IPv4 only: own lease {node.name} needs a Subnet and PublicIP")
         if not side.subnet.subnet_of(ipaddress.IPv4Network(self.network)):
             raise BackendError(f"own subnet {side.subnet} is outside the Network {self.network}")
-        # base.setup insists on BackendType == "udp"; upstream leases have none.
-        self.node = node if node.backend_type == self.type else _with_type(node, self.type)
+        # (base.setup insists on BackendType == "udp"; upstream's udp leases have none.)
+        self.node = node
         self._resolve_ext()
         return self._setup_devices()
 
@@ -83,7 +78,6 @@ class UdpBackend(Backend):
         assert self.node is not None
         side = self.node.side(4)
         assert side is not None
-        self._ensure_devices()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -91,9 +85,13 @@ class UdpBackend(Backend):
             sock.bind((side.public_ip, self.port))
         except OSError as exc:
             sock.close()
-            self._close_tun()
             raise BackendError(f"udp backend: cannot listen on {side.public_ip}:{self.port}: "
                                f"{exc.strerror or exc}") from None
+        try:  # the socket first: a port in use leaves no flannel0 behind
+            self._ensure_devices()
+        except Exception:
+            sock.close()
+            raise
         self.sock = sock
         self.forwarder = Forwarder(self.tun_fd, sock, self._table(), str(side.subnet), self.mtu)
         self.forwarder.start()
@@ -112,17 +110,32 @@ class UdpBackend(Backend):
 
     def _ensure_devices(self) -> None:
         if self._devices_intact() and self.link is not None:
-            self._configure(self.link)
+            self.link = self._configure(self.link)
             return
-        self._close_tun()
-        self.tun_fd = open_tun(DEVICE)
+        old, self.link = self.tun_fd, None
+        fd = self._open_tun()
         try:
-            self.link = self._configure(self.h.link(DEVICE))
+            link = self._configure(self.h.link(DEVICE))
         except NetFailure:
-            self._close_tun()
+            _close(fd)
             raise
+        self.tun_fd, self.link = fd, link
         if self.forwarder is not None:
-            self.forwarder.set_tun(self.tun_fd)
+            self.forwarder.set_tun(fd)   # closes the old fd once the loop has left it
+        elif old >= 0:
+            _close(old)
+
+    def _open_tun(self) -> int:
+        try:
+            return open_tun(DEVICE)
+        except NetFailure as exc:
+            # flannel0 exists but is no TUN we can attach to (another kind of link, or a
+            # TUN held by a dead daemon's leftover process): replace it once.
+            if self.h.find_link(DEVICE) is None:
+                raise
+            log.warning("udp: %s; deleting the existing %s and creating it again", exc.msg, DEVICE)
+            self.h.delete_link(DEVICE)
+            return open_tun(DEVICE)
 
     def _configure(self, link: Link) -> Link:
         h = self.h
@@ -136,6 +149,10 @@ class UdpBackend(Backend):
             h.add_address(link.index, self.address)
         if not link.up:
             h.set_up(link.index)
+        # Our ICMP net-unreachable answers come from flannel0's own address; without
+        # accept_local the kernel drops them as martians (upstream's answers never arrive).
+        if h.sysctl_get(f"net/ipv4/conf/{DEVICE}/accept_local").strip() != "1":
+            h.sysctl_set(f"net/ipv4/conf/{DEVICE}/accept_local", "1")
         return h.link(link.index)
 
     def _devices_intact(self) -> bool:
@@ -144,24 +161,12 @@ class UdpBackend(Backend):
         link = self.h.find_link(DEVICE)
         return link is not None and link.index == self.link.index
 
-    def _close_tun(self) -> None:
-        if self.tun_fd >= 0 and self.forwarder is None:
-            import os
-            os.close(self.tun_fd)
-        self.tun_fd = -1
-        self.link = None
-
     def close(self) -> None:
         if self.forwarder is not None:
             self.forwarder.log_counters(force=True)
             self.forwarder.stop()
             self.forwarder = None
-        if self.tun_fd >= 0:
-            import os
-            try:
-                os.close(self.tun_fd)
-            except OSError:
-                pass
+        _close(self.tun_fd)
         self.tun_fd = -1
         if self.sock is not None:
             self.sock.close()
@@ -170,9 +175,11 @@ class UdpBackend(Backend):
 
     # --- peers ---------------------------------------------------------------------------
     def _wanted(self, lease: Lease) -> bool:
-        if lease.backend_type in ACCEPTED_TYPES:
-            lease = _with_type(lease, self.type)
-        return super()._wanted(lease)
+        if lease.backend_type not in ACCEPTED_TYPES:
+            log.warning("ignoring peer %s: BackendType %r is not udp", lease.name, lease.backend_type)
+            return False
+        own = self.node.subnet if self.node else None
+        return own is None or lease.subnet != own  # our own lease, as the watch reports it too
 
     def scope(self) -> Scope:
         assert self.link is not None
@@ -214,6 +221,9 @@ class UdpBackend(Backend):
         return self.forwarder.counters.as_dict() if self.forwarder else {}
 
 
-def _with_type(lease: Lease, backend_type: str) -> Lease:
-    from dataclasses import replace
-    return replace(lease, backend_type=backend_type)
+def _close(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -1,0 +1,66 @@
+"""The udp forwarder's counters: plain integers, one writer thread per direction.
+
+Each forwarding thread adds to its own :class:`Direction` once per batch (not per packet),
+so readers (the log line, /metrics) only ever see whole batches.  ``export`` gives
+Prometheus-shaped samples: (name, labels, value).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+Sample = Tuple[str, Dict[str, str], int]
+
+# Drop reasons beyond packet.REASONS
+UNKNOWN_SOURCE = "unknown_source"   # datagram from an address that is no peer's PublicIP
+NOT_FOR_US = "not_for_us"           # inner destination outside this node's subnet
+NO_ROUTE = "no_route"               # destination outside the Network (nothing to send it to)
+UNREACHABLE = "unreachable"         # in the Network, no lease: ICMP net unreachable sent
+OVERSIZED = "oversized"             # datagram larger than the TUN MTU
+IO_ERROR = "io_error"               # send / write failed (peer unreachable, device gone)
+
+
+class Direction:
+    """One direction's totals: ``tun_to_udp`` (encapsulated) or ``udp_to_tun`` (decapsulated)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.packets = 0
+        self.bytes = 0
+        self.wakeups = 0
+        self.drops: Dict[str, int] = {}
+
+    def add(self, packets: int, nbytes: int, drops: Dict[str, int]) -> None:
+        self.packets += packets
+        self.bytes += nbytes
+        self.wakeups += 1
+        for reason, n in drops.items():
+            self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def export(self) -> List[Sample]:
+        d = {"direction": self.name}
+        out: List[Sample] = [("flannel_udp_packets_total", d, self.packets),
+                             ("flannel_udp_bytes_total", d, self.bytes),
+                             ("flannel_udp_wakeups_total", d, self.wakeups)]
+        out += [("flannel_udp_drops_total", {**d, "reason": r}, n) for r, n in sorted(self.drops.items())]
+        return out
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{r} {n}" for r, n in sorted(self.drops.items())) or "none"
+        return f"{self.name}: {self.packets} packets, {self.bytes} bytes; dropped: {drops}"
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.tun_to_udp = Direction("tun_to_udp")
+        self.udp_to_tun = Direction("udp_to_tun")
+
+    def export(self) -> List[Sample]:
+        return self.tun_to_udp.export() + self.udp_to_tun.export()
+
+    def as_dict(self) -> Dict[str, Dict[str, object]]:
+        return {d.name: {"packets": d.packets, "bytes": d.bytes, "wakeups": d.wakeups,
+                         "drops": dict(d.drops)} for d in (self.tun_to_udp, self.udp_to_tun)}
+
+    def summary(self) -> str:
+        return f"{self.tun_to_udp.summary()}; {self.udp_to_tun.summary()}"

@@ -1,0 +1,244 @@
+"""The udp backend's data plane: two threads moving packets between flannel0 and UDP.
+
+    fwd = Forwarder(tun_fd, sock, table, own_subnet="10.244.1.0/24", mtu=1472)
+    fwd.start()
+    fwd.set_table(new_table)     # lease changes: swapped atomically, no lock in the hot path
+    fwd.set_tun(new_fd)          # flannel0 was recreated
+    fwd.stop()
+
+``tun_to_udp``: read a packet from flannel0, find the peer of its destination (PeerTable),
+decrement the TTL, send it as one datagram to <peer PublicIP>:<Port>; a destination in the
+Network without a lease gets ICMP net unreachable written back into flannel0.
+``udp_to_tun``: receive a datagram, accept it only from a peer's PublicIP, as one
+well-formed IPv4 packet for this node's subnet; decrement the TTL; write it to flannel0.
+
+Each thread sleeps in poll() and, once woken, drains its fd until EAGAIN (one wakeup moves
+a whole burst; the GIL is released in every syscall).  Buffers are allocated once; the
+per-packet work is slicing memoryviews.  Nothing a peer or a pod sends can stop a loop:
+every packet is either forwarded or counted as a drop with its reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from typing import Dict, List, Optional
+
+from cni_flannel.daemon.udp import counters as C
+from cni_flannel.daemon.udp.packet import check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT, TTL_EXPIRED
+from cni_flannel.daemon.udp.routes import PeerTable
+
+log = logging.getLogger("cni_flannel.daemon.udp")
+
+BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole and counted
+LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
+_GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
+
+
+class Forwarder:
+    def __init__(self, tun_fd: int, sock: socket.socket, table: PeerTable, own_subnet: str,
+                 mtu: int, tun_addr: Optional[str] = None) -> None:
+        net = ipaddress.IPv4Network(own_subnet)
+        self.own_net, self.own_mask = int(net.network_address), int(net.netmask)
+        self.tun_addr = ipaddress.IPv4Address(tun_addr or net.network_address).packed
+        self.tun_fd = tun_fd
+        self.sock = sock
+        self.table = table
+        self.mtu = mtu
+        self.counters = C.Counters()
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._threads: List[threading.Thread] = []
+        self._last_log = ""
+
+    # --- control (called from the backend's thread) ----------------------------------
+    def start(self) -> None:
+        for target, name in ((self._tun_to_udp, "udp-tun2udp"), (self._udp_to_tun, "udp-udp2tun")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def set_table(self, table: PeerTable) -> None:
+        self.table = table  # one reference swap: the loops pick it up with the next packet
+
+    def set_tun(self, fd: int) -> None:
+        old, self.tun_fd = self.tun_fd, fd
+        self._wake()
+        if old != fd:
+            time.sleep(0.05)  # let the loop leave poll() on the old fd before it closes
+            _close(old)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        for t in self._threads:
+            t.join(5)
+        self._threads = []
+        for fd in (self._wake_r, self._wake_w):
+            _close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def log_counters(self, force: bool = False) -> None:
+        text = self.counters.summary()
+        if force or text != self._last_log:
+            log.info("udp forwarder: %s", text)
+            self._last_log = text
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # --- flannel0 -> peers ---------------------------------------------------------------
+    def _tun_to_udp(self) -> None:
+        buf = bytearray(BUFSIZE)
+        mv = memoryview(buf)
+        bufs = [buf]
+        readv, sendto = os.readv, self.sock.sendto
+        stats = self.counters.tun_to_udp
+        next_log = time.monotonic() + LOG_EVERY
+        fd = -1
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            if fd != self.tun_fd:  # first round, or flannel0 was recreated
+                if fd >= 0:
+                    _unregister(poller, fd)
+                fd = self.tun_fd
+                poller.register(fd, select.POLLIN)
+            for rfd, _ in poller.poll(1000):
+                if rfd == self._wake_r:
+                    _drain_pipe(rfd)
+            now = time.monotonic()
+            if now >= next_log:
+                self.log_counters()
+                next_log = now + LOG_EVERY
+            packets = nbytes = 0
+            drops: Dict[str, int] = {}
+            table = self.table
+            while True:
+                try:
+                    n = readv(fd, bufs)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno not in _GONE:
+                        drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+                    else:  # flannel0 went away: the backend's reconcile recreates it
+                        time.sleep(0.2)
+                    break
+                if n < 20 or buf[0] >> 4 != 4:
+                    why = SHORT if n < 20 else NOT_IPV4
+                    drops[why] = drops.get(why, 0) + 1
+                    continue
+                dst = int.from_bytes(mv[16:20], "big")
+                addr = table.lookup(dst)
+                if addr is None:
+                    if table.in_network(dst):
+                        reply = net_unreachable(mv, n, self.tun_addr)
+                        if reply is not None:
+                            _write_quietly(fd, reply)
+                        drops[C.UNREACHABLE] = drops.get(C.UNREACHABLE, 0) + 1
+                    else:
+                        drops[C.NO_ROUTE] = drops.get(C.NO_ROUTE, 0) + 1
+                    continue
+                if not decrement_ttl(buf):
+                    drops[TTL_EXPIRED] = drops.get(TTL_EXPIRED, 0) + 1
+                    continue
+                try:
+                    sendto(mv[:n], addr)
+                except OSError:  # e.g. EHOSTUNREACH, ENETUNREACH: the peer's problem, not ours
+                    drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+                    continue
+                packets += 1
+                nbytes += n
+            stats.add(packets, nbytes, drops)
+
+    # --- peers -> flannel0 ---------------------------------------------------------------
+    def _udp_to_tun(self) -> None:
+        buf = bytearray(BUFSIZE)
+        mv = memoryview(buf)
+        recv = self.sock.recvfrom_into
+        write = os.write
+        dontwait = socket.MSG_DONTWAIT
+        own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
+        stats = self.counters.udp_to_tun
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            poller.poll(1000)
+            packets = nbytes = 0
+            drops: Dict[str, int] = {}
+            table = self.table
+            sources = table.sources
+            fd = self.tun_fd
+            while True:
+                try:
+                    n, src = recv(buf, BUFSIZE, dontwait)
+                except BlockingIOError:
+                    break
+                except OSError:  # ICMP port unreachable from a peer reported on this socket
+                    drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+                    continue
+                if src[0] not in sources:
+                    drops[C.UNKNOWN_SOURCE] = drops.get(C.UNKNOWN_SOURCE, 0) + 1
+                    continue
+                if n > mtu:
+                    drops[C.OVERSIZED] = drops.get(C.OVERSIZED, 0) + 1
+                    continue
+                why = check_ipv4(mv, n)
+                if why is not None:
+                    drops[why] = drops.get(why, 0) + 1
+                    continue
+                if int.from_bytes(mv[16:20], "big") & own_mask != own_net:
+                    drops[C.NOT_FOR_US] = drops.get(C.NOT_FOR_US, 0) + 1
+                    continue
+                if not decrement_ttl(buf):
+                    drops[TTL_EXPIRED] = drops.get(TTL_EXPIRED, 0) + 1
+                    continue
+                try:
+                    write(fd, mv[:n])
+                except OSError:
+                    drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+                    continue
+                packets += 1
+                nbytes += n
+            stats.add(packets, nbytes, drops)
+
+
+def _write_quietly(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)
+    except OSError:
+        pass
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:
+        pass
+
+
+def _unregister(poller: "select.poll", fd: int) -> None:
+    try:
+        poller.unregister(fd)
+    except (KeyError, ValueError):
+        pass
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
