@@ -19,7 +19,7 @@ NATIVE_STAMP := dist/cni-native/.cni-flannel/BUILD
 APT_PACKAGES := golang-go golang-github-appc-cni-dev golang-github-containerd-go-cni-dev \
 	containernetworking-plugins iptables nftables iproute2 conntrack debootstrap \
 	python3-venv python3-dev python3-yaml binutils hyperfine util-linux \
-	etcd-server iperf3 tcpdump
+	etcd-server etcd-client iperf3 tcpdump iputils-ping
 
 # Everything the frozen binaries are made of.
 BUNDLE_INPUTS := $(shell find cni_flannel plugins -name '*.py' 2>/dev/null) \
