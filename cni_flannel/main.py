@@ -26,6 +26,10 @@ def main(argv: Optional[list] = None) -> NoReturn:
         from .agent.cli import agent
 
         agent.main(args=argv[2:], prog_name="cni-flannel agent")
+    if len(argv) > 1 and argv[1] == "doctor" and not os.environ.get("CNI_COMMAND"):
+        from .doctor.cli import doctor
+
+        doctor.main(args=argv[2:], prog_name="cni-flannel doctor")
     name = plugin_name(argv[0] if argv else "")
     if name not in PLUGINS and len(argv) > 1 and argv[1] in PLUGINS:
         name = argv[1]
@@ -33,7 +37,8 @@ def main(argv: Optional[list] = None) -> NoReturn:
         sys.stderr.write(
             "cni-flannel: run me as one of: %s (e.g. via a link in /opt/cni/bin),\n"
             "or as 'cni-flannel <plugin>' with the CNI_* environment set,\n"
-            "or as 'cni-flannel agent' to run the resident plugin agent.\n" % ", ".join(sorted(PLUGINS))
+            "or as 'cni-flannel agent' to run the resident plugin agent,\n"
+            "or as 'cni-flannel doctor' to check this node's flannel networking.\n" % ", ".join(sorted(PLUGINS))
         )
         sys.exit(2)
     skel_main(name)  # an unknown name still answers VERSION and gives CNI errors
