@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from tests.harness.netns import Node
+from tests.harness.state import iptables_save, list_dir
 from tests.harness.plugins import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "conflists" / "10-flannel.conflist"
@@ -38,11 +39,10 @@ def routes(ns: Any, family: str = "-4") -> List[Dict[str, Any]]:
 
 def node_leftovers(node: Node) -> Dict[str, Any]:
     """What pods leave on a node: saved configs, held addresses, veths, masquerade chains."""
-    saved = node.run(["ls", "-A", "/var/lib/cni/flannel"], check=False).stdout.split()
-    held = [f for f in node.run(["ls", "-A", "/var/lib/cni/networks/cbr0"], check=False).stdout.split()
-            if f[0].isdigit()]
+    saved = list_dir(node, "/var/lib/cni/flannel")
+    held = [f for f in list_dir(node, "/var/lib/cni/networks/cbr0") if f[0].isdigit() or ":" in f]
     veths = [l["ifname"] for l in links(node) if l["ifname"].startswith("veth")]
-    rules = [l for l in node.run(["iptables-save", "-t", "nat"], check=False).stdout.splitlines()
+    rules = [l for l in iptables_save(node).splitlines()
              if "CNI-" in l and "HOSTPORT" not in l]
     return {"saved": saved, "held": held, "veths": veths, "rules": rules}
 

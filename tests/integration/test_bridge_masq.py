@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.harness.exec import run_plugin
+from tests.harness.state import nft_table
 
 NET = "mnet"
 
@@ -19,8 +20,7 @@ def conf(**over) -> dict:
 
 
 def nft_masq(node) -> str:
-    done = node.run(["nft", "list", "table", "inet", "cni_plugins_masquerade"], check=False)
-    return done.stdout if done.returncode == 0 else ""
+    return nft_table(node, "inet", "cni_plugins_masquerade")
 
 
 def nat_cni(node):

@@ -13,6 +13,7 @@ import pytest
 
 from tests.harness.exec import run_plugin
 from tests.harness.plugins import reference_dir
+from tests.harness.state import nft_table
 from tests.integration.test_bridge import add, conf, ip_files, links, vethes
 
 SPOOF = "02:42:de:ad:be:ef"
@@ -23,8 +24,7 @@ def sconf(**over) -> dict:
 
 
 def table(node, name: str = "cni_spoofcheck") -> str:
-    done = node.run(["nft", "list", "table", "bridge", name], check=False)
-    return done.stdout if done.returncode == 0 else ""
+    return nft_table(node, "bridge", name)
 
 
 def pod_rules(node, name: str = "cni_spoofcheck") -> List[str]:

@@ -126,9 +126,12 @@ class Cluster:
         tentative cni0 gateway address drops the pods' first packets."""
         end = time.monotonic() + deadline
         spaces = [m.node for m in self.members] + [p for m in self.members for p, _ in m.pods]
-        while time.monotonic() < end:
-            if not any(ns.run(["ip", "-6", "addr", "show", "tentative"]).stdout.strip() for ns in spaces):
+        while True:
+            tentative = [ns for ns in spaces if ns.run(["ip", "-6", "addr", "show", "tentative"]).stdout.strip()]
+            if not tentative:
                 return
+            if time.monotonic() > end:
+                raise AssertionError(f"IPv6 addresses still tentative after {deadline}s in {tentative}")
             time.sleep(0.2)
 
     def cross_pings(self, family: int = 4) -> Dict[Tuple[str, str], bool]:

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 import pytest
 
 from tests.harness.exec import run_plugin
+from tests.harness.state import node_state
 from tests.integration.flannel_node import CLEAN, SHIPPED, SUBNET_ENV, flannel_node, links, node_leftovers
 
 
@@ -122,11 +123,7 @@ BAD = [
 
 
 def _state(node: Any) -> Dict[str, str]:
-    cmds = {"links": ["ip", "-o", "link"], "addrs": ["ip", "-o", "addr"], "nat": ["iptables-save", "-t", "nat"],
-            "files": ["find", "/var/lib/cni", "-printf", "%p %s\n"]}
-    out = {k: node.run(v, check=False).stdout for k, v in cmds.items()}
-    out["nat"] = "\n".join(l for l in out["nat"].splitlines() if not l.startswith("#"))  # drop timestamps
-    return out
+    return node_state(node, dirs=("/var/lib/cni",))
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])

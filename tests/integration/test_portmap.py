@@ -128,11 +128,17 @@ def pod_ip(result: dict, version: int) -> str:
     return next(ip["address"].split("/")[0] for ip in result["ips"] if (":" in ip["address"]) == (version == 6))
 
 
-def wait_v6_ready(pod: Pod) -> None:
-    """Until the pod's IPv6 address and the gateway are usable (DAD on cni0)."""
-    for _ in range(50):
-        if "tentative" not in pod.node.run(["ip", "-6", "addr", "show", "dev", "cni0"]).stdout:
+def wait_v6_ready(pod: Pod, timeout: float = 10.0) -> None:
+    """Until the pod's IPv6 address and the gateway are usable (DAD on cni0); fails the
+    test when they are still tentative after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tentative = [ns for ns, dev in ((pod.node, "cni0"), (pod, "eth0"))
+                     if "tentative" in ns.run(["ip", "-6", "addr", "show", "dev", dev]).stdout]
+        if not tentative:
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"IPv6 addresses still tentative after {timeout}s in {tentative}")
         time.sleep(0.1)
 
 
@@ -220,7 +226,7 @@ def test_second_container_takes_over_a_udp_host_port(nodes, pod):
     serve(b, "B")
     assert ask(client, node.underlay_ip, 5353, "udp", sport=40000) == "B"
     # without the flush the flow would stay pinned to A's (now unused) address
-    listed = node.run(["conntrack", "-L", "-p", "udp", "--orig-port-dst", "5353"], check=False).stdout
+    listed = node.run(["conntrack", "-L", "-p", "udp", "--orig-port-dst", "5353"]).stdout
     assert "src=10.244.1.2 " not in listed
 
 
