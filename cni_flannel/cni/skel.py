@@ -38,7 +38,12 @@ def main(plugin: str) -> NoReturn:
         from .handoff import try_handoff  # the resident agent, when one runs, saves us the imports
 
         reply = try_handoff(plugin, os.environ, stdin)
-    code, text = reply if reply is not None else render(*run(plugin, os.environ, stdin))
+    if reply is not None:  # the agent's exact bytes
+        code, out = reply
+        sys.stdout.buffer.write(out)
+        sys.stdout.flush()
+        sys.exit(code)
+    code, text = render(*run(plugin, os.environ, stdin))
     if text is not None:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -65,9 +70,10 @@ def run(plugin: str, environ: Mapping[str, str], stdin: bytes) -> Tuple[int, Opt
         config = parse_netconf(stdin)
         reply_version = config.cni_version
         cniversion.require_allows(config.cni_version, env.command)
-        _check_netns(env, environ)
+        module = _load(plugin)
+        _check_netns(env, environ, enters=getattr(module, "ENTERS_NETNS", True))
         request = Request.build(env, stdin, config)
-        handler = getattr(_load(plugin), _HANDLERS[env.command])
+        handler = getattr(module, _HANDLERS[env.command])
         result = handler(request)
         if env.command == "ADD":
             return 0, result.to_dict(config.cni_version)
@@ -101,14 +107,19 @@ def _asked_version(stdin: bytes) -> str:
         return cniversion.CURRENT
 
 
-def _check_netns(env: Env, environ: Mapping[str, str]) -> None:
-    """ADD and CHECK need an existing namespace that is not our own (code 8)."""
+def _check_netns(env: Env, environ: Mapping[str, str], enters: bool = True) -> None:
+    """ADD and CHECK need an existing namespace that is not our own (code 8).
+
+    A plugin that never enters the namespace (``ENTERS_NETNS = False``: host-local) is
+    let through with a path it cannot open or that is no namespace, as upstream's skel
+    does (pkg/ns CheckNetNS leaves that to the plugin): callers that delegate IPAM may
+    pass the path of a sandbox that is already gone.  Our own namespace stays refused."""
     if not env.netns:
         return
     try:
         target = os.stat(env.netns)
     except OSError as exc:
-        if env.command == "DEL":
+        if env.command == "DEL" or not enters:
             return  # the namespace is gone; DEL still cleans up what it can
         raise InvalidEnvironment(
             f"CNI_NETNS {env.netns!r} is not usable: {exc.strerror}",
@@ -122,7 +133,7 @@ def _check_netns(env: Env, environ: Mapping[str, str]) -> None:
             f"CNI_NETNS {env.netns!r} is the plugin's own network namespace",
             "pass the container's namespace, not the host's",
         )
-    if env.command != "DEL" and target.st_dev != own.st_dev:
+    if enters and env.command != "DEL" and target.st_dev != own.st_dev:
         raise InvalidEnvironment(
             f"CNI_NETNS {env.netns!r} is not a network namespace file",
             "expected a path like /var/run/netns/<name> or /proc/<pid>/ns/net",

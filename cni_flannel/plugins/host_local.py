@@ -19,6 +19,10 @@ from cni_flannel.cni.request import Request
 from cni_flannel.cni.result import Result
 from cni_flannel.ipam import host_local as ipam
 
+#: host-local never enters CNI_NETNS, so the dispatcher lets a path it cannot open through
+#: (as Go's host-local allocates for a sandbox that is already gone).
+ENTERS_NETNS = False
+
 
 def add(req: Request) -> Result:
     conf = req.config

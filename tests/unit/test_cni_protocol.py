@@ -181,7 +181,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> List[str]:
         gc=boom,
     )
     monkeypatch.setattr(skel, "_load", lambda name: plugin)
-    monkeypatch.setattr(skel, "_check_netns", lambda e, environ: None)
+    monkeypatch.setattr(skel, "_check_netns", lambda e, environ, enters=True: None)
     monkeypatch.setenv("CNI_FLANNEL_LOG", str(tmp_path / "log"))
     return calls
 
@@ -223,11 +223,44 @@ def test_own_netns_is_code_8() -> None:
     assert code == 1 and out["code"] == 8
 
 
-def test_own_netns_override() -> None:
-    environ = env("ADD", CNI_NETNS="/proc/self/ns/net", CNI_NETNS_OVERRIDE="1")
-    environ["CNI_COMMAND"] = "ADD"
-    code, out = skel.run("no-such-plugin", environ, conf())
-    assert out["code"] == 4 and "unknown plugin" in out["msg"]  # got past the netns check
+def netns_recorder(monkeypatch: pytest.MonkeyPatch, enters: bool) -> List[str]:
+    """A plugin that records the namespace path it was called with (ENTERS_NETNS as given)."""
+    seen: List[str] = []
+
+    def add(req: Request) -> Result:
+        seen.append(req.netns)
+        return Result(ips=[IPConfig("10.1.0.5/24", "10.1.0.1", None)])
+
+    monkeypatch.setattr(skel, "_load", lambda name: FakePlugin(add=add, ENTERS_NETNS=enters))
+    return seen
+
+
+def test_own_netns_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = netns_recorder(monkeypatch, enters=True)
+    code, out = skel.run("x", env("ADD", CNI_NETNS="/proc/self/ns/net", CNI_NETNS_OVERRIDE="1"), conf())
+    assert code == 0 and seen == ["/proc/self/ns/net"]
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/ns", "/etc/hostname"])
+def test_a_plugin_that_never_enters_the_netns_gets_any_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """As upstream's skel (pkg/ns CheckNetNS): a path that cannot be opened is the plugin's call."""
+    seen = netns_recorder(monkeypatch, enters=False)
+    code, out = skel.run("x", env("ADD", CNI_NETNS=path), conf())
+    assert code == 0 and seen == [path]
+
+
+def test_a_plugin_that_never_enters_the_netns_still_refuses_our_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = netns_recorder(monkeypatch, enters=False)
+    code, out = skel.run("x", env("ADD", CNI_NETNS="/proc/self/ns/net"), conf())
+    assert code == 1 and out["code"] == 8 and seen == []
+
+
+def test_only_host_local_is_lenient() -> None:
+    import importlib
+
+    lenient = [name for name, module in skel.PLUGINS.items()
+               if not getattr(importlib.import_module(f"cni_flannel.plugins.{module}"), "ENTERS_NETNS", True)]
+    assert lenient == ["host-local"]
 
 
 def test_missing_netns_is_code_4_on_add() -> None:
