@@ -1,4 +1,4 @@
-"""A real etcd (Debian's etcd-server, /usr/bin/etcd) for tests, on 127.0.0.1 only.
+"""A real etcd (Debian's etcd-server, /usr/bin/etcd) for tests, on 127.0.0.1 or in a test netns.
 
 :class:`EtcdServer` runs one single-member cluster on free loopback ports with a temporary data
 directory; ``stop()``/``start()`` restart it keeping the data, ``close()`` stops it and removes
@@ -12,6 +12,9 @@ raises when it passes.
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
+import http.client
 import json
 import os
 import shutil
@@ -21,10 +24,8 @@ import ssl
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 ETCD = "/usr/bin/etcd"
 HOST = "127.0.0.1"
@@ -34,6 +35,43 @@ USER, PASSWORD = "flannel", "flannel-secret"
 
 class EtcdError(RuntimeError):
     pass
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(name: Optional[str]) -> Iterator[None]:
+    """Run the block with *this thread* in network namespace ``name`` (sockets made there stay
+    there); the thread's own namespace is restored afterwards.  None: no change."""
+    if not name:
+        yield
+        return
+    with open("/proc/thread-self/ns/net") as own, open(f"/run/netns/{name}") as target:
+        if _libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+        try:
+            yield
+        finally:
+            if _libc.setns(own.fileno(), _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back failed")
+
+
+class _HTTPInNetns(http.client.HTTPConnection):
+    netns: Optional[str] = None
+
+    def connect(self) -> None:
+        with in_netns(self.netns):
+            super().connect()
+
+
+class _HTTPSInNetns(http.client.HTTPSConnection):
+    netns: Optional[str] = None
+
+    def connect(self) -> None:
+        with in_netns(self.netns):
+            super().connect()
 
 
 def free_port() -> int:
@@ -55,12 +93,12 @@ def prefix_end(prefix: str) -> str:
 
 
 class CertSet:
-    """A throwaway CA with a server certificate for 127.0.0.1 and a client certificate.
+    """A throwaway CA with a server certificate for ``host`` and a client certificate.
 
     The server certificate also allows clientAuth: etcd 3.4's JSON gateway dials its own gRPC
     port with it, and --client-cert-auth checks that connection too."""
 
-    def __init__(self, directory: Path, name: str = "ca") -> None:
+    def __init__(self, directory: Path, host: str = HOST, name: str = "ca") -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ca = self.dir / f"{name}.crt"
@@ -68,7 +106,7 @@ class CertSet:
         _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                  "-nodes", "-days", "2", "-subj", f"/CN=cni-flannel test {name}",
                  "-keyout", self.ca_key, "-out", self.ca)
-        self.server_cert, self.server_key = self._issue(f"{name}-server", "IP:127.0.0.1", "serverAuth,clientAuth")
+        self.server_cert, self.server_key = self._issue(f"{name}-server", f"IP:{host}", "serverAuth,clientAuth")
         # No CommonName: with auth on, etcd 3.4's gateway refuses requests from a client
         # certificate that has one (its CN cannot be passed on as the user name).
         self.client_cert, self.client_key = self._issue(f"{name}-client", "DNS:flanneld", "clientAuth",
@@ -94,12 +132,16 @@ def _openssl(*args: Any) -> None:
 class EtcdServer:
     """One etcd member on 127.0.0.1; use as a context manager or call close()."""
 
-    def __init__(self, tls: bool = False, auth: bool = False, workdir: Optional[Path] = None) -> None:
+    def __init__(self, tls: bool = False, auth: bool = False, workdir: Optional[Path] = None,
+                 netns: Optional[str] = None, host: str = HOST) -> None:
+        """``netns``/``host``: run inside that test namespace, listening on ``host`` (an address
+        the namespace has, e.g. a lab node's underlay_ip) on etcd's usual ports."""
+        self.netns, self.host = netns, host
         self.base = Path(tempfile.mkdtemp(prefix="cnif-etcd-", dir=workdir))
         self.data_dir = self.base / "data"
         self.log_path = self.base / "etcd.log"
-        self.client_port, self.peer_port = free_port(), free_port()
-        self.certs = CertSet(self.base / "pki") if tls else None
+        self.client_port, self.peer_port = (2379, 2380) if netns else (free_port(), free_port())
+        self.certs = CertSet(self.base / "pki", host) if tls else None
         self.scheme = "https" if tls else "http"
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
@@ -117,12 +159,16 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.client_port}"
+        return self._url(self.scheme, self.client_port)
+
+    def _url(self, scheme: str, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{port}"
 
     def start(self, timeout: float = 20.0) -> None:
         if self.proc is not None:
             raise EtcdError("etcd is already running")
-        peer = f"http://{HOST}:{self.peer_port}"
+        peer = self._url("http", self.peer_port)
         argv = [ETCD, "--name", "test", "--data-dir", str(self.data_dir),
                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -133,6 +179,8 @@ class EtcdServer:
                      "--trusted-ca-file", str(self.certs.ca), "--client-cert-auth"]
         log = open(self.log_path, "ab")
         try:
+            if self.netns:
+                argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                          cwd=str(self.base), start_new_session=True)
         finally:
@@ -213,14 +261,24 @@ class EtcdServer:
     def _raw(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
              timeout: float = 10.0, token: Optional[str] = None) -> Dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.endpoint + path, data=data, method=method)
+        headers = {"Content-Type": "application/json"}
         if token:
-            req.add_header("Authorization", token)
+            headers["Authorization"] = token
+        if self.certs:
+            conn: http.client.HTTPConnection = _HTTPSInNetns(self.host, self.client_port, timeout=timeout,
+                                                             context=self._context())
+        else:
+            conn = _HTTPInNetns(self.host, self.client_port, timeout=timeout)
+        conn.netns = self.netns
         try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self._context()) as resp:
-                return json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise EtcdError(f"{path}: HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise EtcdError(f"{path}: HTTP {resp.status}: {text.decode(errors='replace')}")
+        return json.loads(text or b"{}")
 
     def call(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST /v3<path> as root (when auth is on)."""
@@ -314,14 +372,16 @@ except ImportError:  # the harness is also used outside pytest (demo, benches)
 if pytest is not None:
     @pytest.fixture
     def etcd_factory():
-        """make(tls=False, auth=False) -> a started EtcdServer; all closed after the test."""
+        """make(tls=False, auth=False, netns=None, host="127.0.0.1") -> a started EtcdServer; all
+        closed after the test (before the lab's namespaces go, if the lab fixture came first)."""
         servers: List[EtcdServer] = []
 
-        def make(tls: bool = False, auth: bool = False) -> EtcdServer:
+        def make(tls: bool = False, auth: bool = False, netns: Optional[str] = None,
+                 host: str = HOST) -> EtcdServer:
             reason = etcd_available()
             if reason:
                 pytest.fail(reason, pytrace=False)  # a missing etcd is a failure, never a quiet skip
-            servers.append(EtcdServer(tls=tls, auth=auth))
+            servers.append(EtcdServer(tls=tls, auth=auth, netns=netns, host=host))
             return servers[-1]
         yield make
         for server in servers:
