@@ -2,7 +2,7 @@
 #
 #   make test      install what is missing (apt, venv), build, run every suite
 #   make binaries  frozen plugins in dist/cni/ (flannel bridge host-local portmap loopback)
-#   make install   DESTDIR=… PLUGINS="flannel" FORCE=1 — see packaging/install.sh
+#   make install   DESTDIR=… PLUGINS="flannel" FORCE=1 NATIVE=0 — see packaging/install.sh
 #   make demo | bench | drivers | deps | clean
 
 SHELL := /bin/bash
@@ -18,18 +18,20 @@ NATIVE_STAMP := dist/cni-native/.cni-flannel/BUILD
 
 APT_PACKAGES := golang-go golang-github-appc-cni-dev golang-github-containerd-go-cni-dev \
 	containernetworking-plugins iptables nftables iproute2 conntrack debootstrap \
-	python3-venv python3-dev python3-yaml binutils hyperfine util-linux \
+	python3-venv python3-dev python3-yaml binutils gcc libc6-dev hyperfine util-linux \
 	etcd-server etcd-client iperf3 tcpdump iputils-ping
 
 # Everything the frozen binaries are made of.
 BUNDLE_INPUTS := $(shell find cni_flannel plugins -name '*.py' 2>/dev/null) \
-	packaging/cni-flannel.spec packaging/lazy_rthooks.py packaging/build.sh requirements.txt
+	packaging/cni-flannel.spec packaging/lazy_rthooks.py packaging/build.sh requirements.txt \
+	$(wildcard native/*.c native/*.py native/*.sh)
 
 PLUGINS ?= flannel
 DESTDIR ?=
 FORCE ?=
+NATIVE ?= 1
 
-.PHONY: all deps apt venv binaries drivers test demo install bench clean binaries-native portable-root
+.PHONY: all deps apt venv binaries drivers test demo install bench clean binaries-native portable-root native
 
 all: binaries
 
@@ -81,6 +83,13 @@ binaries-native: $(NATIVE_STAMP)
 $(NATIVE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS) | apt
 	bash packaging/build.sh dist/cni-native
 
+# The static hand-off client alone (make binaries builds it into every bundle as the entries).
+native: build/native/cni-flannel-client
+
+build/native/cni-flannel-client: $(wildcard native/*.c native/*.py native/*.sh) cni_flannel/cni/wire.py \
+		cni_flannel/cni/version.py cni_flannel/cni/handoff.py | $(VENV_STAMP)
+	bash native/build.sh $@
+
 # A bare bullseye root without Python, where tests/integration/test_portability.py runs the binaries.
 portable-root: | apt
 	bash packaging/portable/node-root.sh
@@ -108,11 +117,11 @@ bench: binaries drivers
 # suite; `make binaries install` to be sure the build is current.
 install:
 	@[[ -f $(BUNDLE_STAMP) ]] || $(MAKE) --no-print-directory binaries
-	DESTDIR="$(DESTDIR)" PLUGINS="$(PLUGINS)" FORCE="$(FORCE)" bash packaging/install.sh
+	DESTDIR="$(DESTDIR)" PLUGINS="$(PLUGINS)" FORCE="$(FORCE)" NATIVE="$(NATIVE)" bash packaging/install.sh
 
 # ----------------------------------------------------------------------------------------------
 
 # Keeps the cached bullseye roots of packaging/portable (build/bullseye-*): slow to recreate.
 clean:
-	rm -rf build/pyinstaller build/stage build/.build.lock dist/cni dist/cni.old dist/cni-native tests/drivers/bin
+	rm -rf build/pyinstaller build/stage build/native build/.build.lock dist/cni dist/cni.old dist/cni-native tests/drivers/bin
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -8,12 +8,18 @@
 #   CONF_DIR   network config directory        (default: $DESTDIR/etc/cni/net.d)
 #   CONFLIST   conflist to install; empty: none (default: conflists/10-flannel.conflist)
 #   PLUGINS    plugin names to install         (default: flannel)
+#   NATIVE=0   install the PyInstaller entries themselves instead of the static hand-off
+#              client in front of them (default 1: the client, see native/)
 #   FORCE=1    replace files that are not ours
 #
 # The node's kubernetes-cni package owns names like loopback and bridge, so a file that differs
 # from ours is never replaced silently: the install stops before changing anything, naming the
 # files, unless FORCE=1.  A file identical to ours is left alone, and an entry of our own earlier
-# build (its checksum is recorded in the installed bundle's BUILD) is upgraded.
+# build (its checksums are recorded in the installed bundle's BUILD) is upgraded.
+#
+# An entry is the static hand-off client (SRC/<plugin>), which hands the work to the resident
+# agent or runs the bundle's PyInstaller entry (.cni-flannel/cni-flannel); with NATIVE=0 that
+# PyInstaller entry itself is installed under each plugin name, as before the client existed.
 #
 # Every file is written next to its destination and renamed into place, so a runtime executing a
 # plugin meanwhile sees the old or the new file, never a partial one.  The bundle directory is
@@ -29,6 +35,7 @@ CONF_DIR=${CONF_DIR:-$DESTDIR/etc/cni/net.d}
 CONFLIST=${CONFLIST-$repo/conflists/10-flannel.conflist}
 PLUGINS=${PLUGINS:-flannel}
 FORCE=${FORCE:-}
+NATIVE=${NATIVE:-1}
 
 BUNDLE=.cni-flannel
 KNOWN="flannel bridge host-local portmap loopback"
@@ -37,16 +44,20 @@ say() { echo "install: $*"; }
 die() { echo "install: $*" >&2; exit 1; }
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 build_entry_sha() { sed -n 's/^ENTRY_SHA256=//p' "$1/$BUNDLE/BUILD" 2>/dev/null || true; }
+build_python_sha() { sed -n 's/^PYTHON_ENTRY_SHA256=//p' "$1/$BUNDLE/BUILD" 2>/dev/null || true; }
+# entry <plugin>: the file installed under that name
+entry() { if [ "$NATIVE" = 0 ]; then echo "$SRC/$BUNDLE/cni-flannel"; else echo "$SRC/$1"; fi; }
 
 # --- what to install --------------------------------------------------------------------------
 
 [ -f "$SRC/$BUNDLE/BUILD" ] || die "no frozen build in $SRC (run 'make binaries')"
+case $NATIVE in 0|1) ;; *) die "NATIVE must be 0 or 1, not '$NATIVE'" ;; esac
 for p in $PLUGINS; do
     case " $KNOWN " in
         *" $p "*) ;;
         *) die "unknown plugin '$p' in PLUGINS (known: $KNOWN)" ;;
     esac
-    [ -f "$SRC/$p" ] && [ -x "$SRC/$p" ] || die "$SRC/$p is missing from the build"
+    [ -f "$(entry "$p")" ] && [ -x "$(entry "$p")" ] || die "$(entry "$p") is missing from the build"
 done
 if [ -n "$CONFLIST" ]; then
     [ -f "$CONFLIST" ] || die "conflist $CONFLIST does not exist (set CONFLIST= to install none)"
@@ -56,18 +67,24 @@ new_sha=$(build_entry_sha "$SRC")
 
 mkdir -p "$BIN_DIR"
 old_sha=$(build_entry_sha "$BIN_DIR")
+old_python_sha=$(build_python_sha "$BIN_DIR")
 
 # --- refuse before touching anything -----------------------------------------------------------
 
-# ours <dest>: an entry of the installed build of ours (which the new bundle replaces)
-ours() { [ -n "$old_sha" ] && [ -f "$1" ] && [ ! -L "$1" ] && [ "$(sha256 "$1")" = "$old_sha" ]; }
+# ours <dest>: an entry (client or PyInstaller) of the installed build of ours (which the new
+# bundle replaces)
+ours() {
+    [ -n "$old_sha" ] && [ -f "$1" ] && [ ! -L "$1" ] || return 1
+    sum=$(sha256 "$1")
+    [ "$sum" = "$old_sha" ] || { [ -n "$old_python_sha" ] && [ "$sum" = "$old_python_sha" ]; }
+}
 
 conflicts=""
 for p in $PLUGINS; do
     dest=$BIN_DIR/$p
     if [ -e "$dest" ] || [ -L "$dest" ]; then
         [ -d "$dest" ] && die "$dest is a directory; remove it first"
-        cmp -s "$SRC/$p" "$dest" && continue
+        cmp -s "$(entry "$p")" "$dest" && continue
         ours "$dest" && continue
         conflicts="$conflicts $dest"
     fi
@@ -107,7 +124,8 @@ put() {
 }
 
 bundle=$BIN_DIR/$BUNDLE
-if [ -d "$bundle" ] && diff -r "$SRC/$BUNDLE" "$bundle" >/dev/null 2>&1; then
+# (-x: the bundle holds a link to itself, .cni-flannel -> ., for its PyInstaller entry)
+if [ -d "$bundle" ] && [ -L "$bundle/$BUNDLE" ] && diff -r -x "$BUNDLE" "$SRC/$BUNDLE" "$bundle" >/dev/null 2>&1; then
     say "$bundle is up to date"
 else
     tmp=$bundle.new.$$
@@ -123,10 +141,10 @@ fi
 
 for p in $PLUGINS; do
     dest=$BIN_DIR/$p
-    if [ -f "$dest" ] && cmp -s "$SRC/$p" "$dest"; then
+    if [ -f "$dest" ] && cmp -s "$(entry "$p")" "$dest"; then
         say "$dest is up to date"
     else
-        put "$SRC/$p" "$dest" 0755
+        put "$(entry "$p")" "$dest" 0755
         say "installed $dest"
     fi
 done
@@ -136,7 +154,7 @@ if [ -n "$old_sha" ] && [ "$old_sha" != "$new_sha" ]; then
     for p in $KNOWN; do
         case " $PLUGINS " in *" $p "*) continue ;; esac
         if ours "$BIN_DIR/$p"; then
-            put "$SRC/$p" "$BIN_DIR/$p" 0755
+            put "$(entry "$p")" "$BIN_DIR/$p" 0755
             say "upgraded $BIN_DIR/$p (installed earlier by cni-flannel)"
         fi
     done

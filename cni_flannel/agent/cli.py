@@ -11,8 +11,10 @@ from ..cni.handoff import DEFAULT_SOCKET
 @click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
               help="Unix socket the plugin binaries hand their requests to.")
 @click.option("--ready-fd", type=int, default=-1, help="Write 'ready' to this descriptor once listening.")
-def agent(socket_path: str, ready_fd: int) -> None:
+@click.option("--request-log", type=click.Path(dir_okay=False), default=None,
+              help="Append one line per request (served or refused) to this file.")
+def agent(socket_path: str, ready_fd: int, request_log: str) -> None:
     """Serve CNI plugin invocations handed over by the cni-flannel binaries."""
     from .server import serve
 
-    serve(socket_path, ready_fd)
+    serve(socket_path, ready_fd, request_log)

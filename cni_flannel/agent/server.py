@@ -7,9 +7,10 @@ the request), takes the caller's environment and stdin, and runs the same
 dispatcher (``skel.run``) the binary would have run — so results, on-disk
 state and errors are the same either way; only the start-up cost moves.
 
-Anything that goes wrong before the plugin code runs is answered with
-``refused`` and the binary runs the request itself.  See ``cni/handoff.py``
-for the wire format.
+Anything that goes wrong before the plugin code runs — a caller that is not
+root, a malformed frame (``cni/wire.py`` checks sizes and types first), a
+version mismatch, namespaces it cannot join — is answered with ``refused``
+and the binary runs the request itself; no request can end the agent.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import signal
 import socket
 import struct
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
-from ..cni import handoff
+from ..cni import wire
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -81,11 +82,16 @@ def _warm_netlink() -> None:
     warm_up()
 
 
+_libc = None
+
+
 def _setns(fd: int, kind: int) -> None:
+    global _libc
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, kind) != 0:
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, kind) != 0:  # the kind makes the kernel check the descriptor's type
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -101,67 +107,103 @@ def _peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def handle(conn: socket.socket, accepted_at: float = 0.0) -> None:
-    """Serve one request in this (forked, single-threaded) worker."""
-    if _peer_uid(conn) != 0:  # before decoding anything: marshal trusts its input
-        conn.sendall(handoff.encode({"refused": "only root may use the agent"}))
-        return
+_running = False
+
+
+class Refusal(Exception):
+    """The request is not served: the caller runs it itself."""
+
+
+#: Seconds a caller has to send its request once connected (a stuck caller must not pin a worker).
+REQUEST_TIMEOUT = 30.0
+
+
+def _receive(conn: socket.socket) -> Tuple[str, Dict[str, str], bytes]:
+    """The request, checked, with this worker in the caller's namespaces; or Refusal."""
+    uid = _peer_uid(conn)
+    if uid not in (0, os.geteuid()):  # before reading a byte of it
+        raise Refusal(f"caller uid {uid} may not use the agent")
     fds: List[int] = []
-    request = handoff.recv_message(conn, fds)
-    if request is None:
-        return
-    why = _refusal(request, fds)
-    if why:
-        conn.sendall(handoff.encode({"refused": why}))
-        return
     try:
-        net_fd, mnt_fd = fds[0], fds[1]
-        if not _same_namespace(mnt_fd, "mnt"):
-            _setns(mnt_fd, CLONE_NEWNS)
-        if not _same_namespace(net_fd, "net"):
-            _setns(net_fd, CLONE_NEWNET)
-        os.chdir("/")
-    except OSError as exc:
-        conn.sendall(handoff.encode({"refused": f"cannot join the caller's namespaces: {exc}"}))
+        conn.settimeout(REQUEST_TIMEOUT)
+        try:
+            body = wire.recv_frame(conn, fds)
+        except socket.timeout:
+            raise Refusal("no request within %.0f s" % REQUEST_TIMEOUT) from None
+        if body is None:
+            raise Refusal("caller hung up before sending a request")
+        conn.settimeout(None)
+        version, plugin, env, stdin = wire.decode_request(body)
+        if version != __version__:
+            raise Refusal(f"agent runs cni-flannel {__version__}, caller {version}")
+        if len(fds) != 2:
+            raise Refusal(f"expected 2 namespace descriptors, got {len(fds)}")
+        try:
+            if not _same_namespace(fds[1], "mnt"):
+                _setns(fds[1], CLONE_NEWNS)
+            if not _same_namespace(fds[0], "net"):
+                _setns(fds[0], CLONE_NEWNET)
+            os.chdir("/")
+        except OSError as exc:
+            raise Refusal(f"cannot join the caller's namespaces: {exc}") from None
+        return plugin, env, stdin
+    except wire.WireError as exc:
+        raise Refusal(f"malformed request: {exc}") from None
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def handle(conn: socket.socket, accepted_at: float = 0.0, log_fd: int = -1) -> None:
+    """Serve one request in this (forked, single-threaded) worker."""
+    try:
+        plugin, env, stdin = _receive(conn)
+    except Refusal as why:
+        _note(f"refused: {why}", log_fd)
+        conn.sendall(wire.encode_refusal(str(why)))
         return
-    for fd in fds:
-        os.close(fd)
-    env: Dict[str, str] = request["env"]
+    global _running
+    _running = True  # from here on a failure must not make the caller run it a second time
     os.environ.clear()
     os.environ.update(env)
     from ..cni import skel
 
     started = time.monotonic()
-    code, text = skel.render(*skel.run(request["plugin"], os.environ, request["stdin"]))
-    conn.sendall(handoff.encode({"code": code, "stdout": text}))
+    code, text = skel.render(*skel.run(plugin, os.environ, stdin))
+    conn.sendall(wire.encode_result(code, text.encode() if text is not None else b""))
     done = time.monotonic()
-    _note(f"{request['plugin']} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} exit {code} "
-          f"({(started - accepted_at) * 1000:.1f} ms to start, {(done - started) * 1000:.1f} ms to run)")
+    _note(f"{plugin} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} exit {code} "
+          f"({(started - accepted_at) * 1000:.1f} ms to start, {(done - started) * 1000:.1f} ms to run)", log_fd)
 
 
-def _note(line: str) -> None:
-    """One line per request on the agent's stderr (the daemon's log)."""
-    try:
-        os.write(2, f"cni-flannel agent[{os.getpid()}]: {line}\n".encode())
-    except OSError:
-        pass
+def _note(line: str, log_fd: int = -1) -> None:
+    """One line per request on the agent's stderr (the daemon's log) and in its request log."""
+    data = f"cni-flannel agent[{os.getpid()}]: {line}\n".encode("utf-8", "replace")
+    for fd in (2, log_fd):
+        if fd < 0:
+            continue
+        try:
+            os.write(fd, data)  # one write: lines of concurrent workers never interleave (O_APPEND)
+        except OSError:
+            pass
 
 
-def _refusal(request: Dict[str, Any], fds: List[int]) -> str:
-    if request.get("proto") != handoff.PROTO or request.get("version") != __version__:
-        return f"agent runs cni-flannel {__version__}, protocol {handoff.PROTO}"
-    if len(fds) != 2 or not isinstance(request.get("env"), dict) or not isinstance(request.get("stdin"), bytes):
-        return "malformed request"
-    return ""
+def serve(path: str, ready_fd: int = -1, request_log: Optional[str] = None) -> None:
+    """Accept requests on ``path`` until SIGTERM/SIGINT; a worker per request.
 
-
-def serve(path: str, ready_fd: int = -1) -> None:
-    """Accept requests on ``path`` until SIGTERM/SIGINT; a worker per request."""
+    ``request_log``: a file that gets one line per request (served or refused), for tests
+    and benchmarks to see that the agent — not a fallback — did the work."""
     missing = preload()
     if missing:
         import sys
 
         sys.stderr.write(f"cni-flannel agent: could not preload {', '.join(missing)}\n")
+    log_fd = -1
+    if request_log:  # opened here: workers write to it after joining another mount namespace
+        log_fd = os.open(request_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
@@ -181,12 +223,7 @@ def serve(path: str, ready_fd: int = -1) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         while True:
-            conn, _ = server.accept()
-            accepted_at = time.monotonic()
-            pid = os.fork()
-            if pid == 0:
-                _worker(server, conn, accepted_at)
-            conn.close()
+            _accept_one(server, log_fd)
     finally:
         server.close()
         try:
@@ -195,22 +232,47 @@ def serve(path: str, ready_fd: int = -1) -> None:
             pass
 
 
+def _accept_one(server: socket.socket, log_fd: int) -> None:
+    """Accept a connection and fork its worker; no fault here may end the agent."""
+    try:
+        conn, _ = server.accept()
+    except OSError as exc:  # EMFILE, ECONNABORTED...: log, breathe, go on
+        _note(f"accept failed: {exc}", log_fd)
+        time.sleep(0.05)
+        return
+    accepted_at = time.monotonic()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        _note(f"refused: cannot fork a worker: {exc}", log_fd)
+        try:  # nothing ran: the caller does the work itself
+            conn.sendall(wire.encode_refusal(f"agent cannot fork: {exc}"))
+        except OSError:
+            pass
+        conn.close()
+        return
+    if pid == 0:
+        _worker(server, conn, accepted_at, log_fd)
+    conn.close()
+
+
 def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _worker(server: socket.socket, conn: socket.socket, accepted_at: float) -> None:
-    code = 0
+def _worker(server: socket.socket, conn: socket.socket, accepted_at: float, log_fd: int) -> None:
     try:
         server.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs to wait for its children
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        handle(conn, accepted_at)
-    except BaseException as exc:  # a transport fault: let the binary run the request itself
-        code = 1
-        try:
-            conn.sendall(handoff.encode({"refused": f"agent worker failed: {type(exc).__name__}: {exc}"}))
-        except BaseException:
-            pass
+        handle(conn, accepted_at, log_fd)
+    except BaseException as exc:
+        _note(f"worker failed: {type(exc).__name__}: {exc}", log_fd)
+        if not _running:  # nothing ran yet: the binary may run the request itself
+            try:
+                conn.sendall(wire.encode_refusal(f"agent worker failed: {type(exc).__name__}: {exc}"))
+            except BaseException:
+                pass
+        # else no reply: the caller dies as a plugin that crashed mid-way would have
     finally:
-        os._exit(code)
+        os._exit(0)

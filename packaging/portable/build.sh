@@ -120,9 +120,9 @@ step "freezing with $(in_root "$ROOT" "$VENV/bin/python" -V) / glibc $(in_root "
 # (PyInstaller's work cache) is kept between runs.
 src=$ROOT/src
 mkdir -p "$src"
-rm -rf "$src/cni_flannel" "$src/plugins" "$src/packaging" "$src/conflists" "$src/dist"
+rm -rf "$src/cni_flannel" "$src/plugins" "$src/packaging" "$src/conflists" "$src/native" "$src/dist"
 tar -C "$repo" --exclude=__pycache__ --exclude='*.pyc' -cf - \
-    cni_flannel plugins packaging conflists requirements.txt requirements-dev.txt | tar -C "$src" -xf -
+    cni_flannel plugins packaging conflists native requirements.txt requirements-dev.txt | tar -C "$src" -xf -
 in_root "$ROOT" /bin/bash -c "cd /src && PYTHON=$VENV/bin/python bash packaging/build.sh" >&2
 
 built=$src/dist/cni

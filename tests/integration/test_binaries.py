@@ -112,6 +112,15 @@ def test_layout_is_one_bundle_and_five_entries(dist: Path) -> None:
     assert build["PLUGINS"].split() == list(NAMES)
     import hashlib
     assert build["ENTRY_SHA256"] == hashlib.sha256((dist / "flannel").read_bytes()).hexdigest()
+    # the entries are the static hand-off client; the PyInstaller entry lives in the bundle and
+    # finds it through the bundle's link to itself
+    python_entry = dist / BUNDLE / "cni-flannel"
+    assert build["PYTHON_ENTRY_SHA256"] == hashlib.sha256(python_entry.read_bytes()).hexdigest()
+    assert os.readlink(dist / BUNDLE / BUNDLE) == "."
+    headers = subprocess.run(["readelf", "-lW", str(dist / "flannel")], capture_output=True, text=True, check=True)
+    assert "INTERP" not in headers.stdout and "LOAD" in headers.stdout, "the client must be static"
+    dynamic = subprocess.run(["readelf", "-lW", str(python_entry)], capture_output=True, text=True, check=True)
+    assert "INTERP" in dynamic.stdout  # (the check above can tell the two apart)
 
 
 # --- the plugin is chosen by the invoked name ----------------------------------------------------
@@ -167,10 +176,12 @@ def test_whole_directory_copied_with_cp_a(dist: Path, tmp_path: Path) -> None:
     subprocess.run(["cp", "-a", str(dist), str(copy)], check=True)
     for name in NAMES:
         assert version(copy / name, b'{"cniVersion": "1.0.0"}')["cniVersion"] == "1.0.0"
-    # ... and it runs from its own bundle, not from dist/cni's.
+    # ... and it runs from its own bundle, not from dist/cni's (VERSION needs no bundle: the
+    # client answers it; a request it passes on does)
     (copy / BUNDLE).rename(copy / "moved-away")
-    proc = run(copy / "loopback", b"", _env(CNI_COMMAND="VERSION"))
-    assert proc.returncode != 0 and proc.stdout == b""
+    proc = run(copy / "loopback", b"", _env(CNI_COMMAND="ADD", CNI_FLANNEL_AGENT="off"))
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 999, proc
+    assert f"{copy}/{BUNDLE}/cni-flannel" in json.loads(proc.stdout)["msg"]
 
 
 def test_copy_does_not_depend_on_dist(dist: Path, tmp_path: Path) -> None:
@@ -184,11 +195,20 @@ def test_copy_does_not_depend_on_dist(dist: Path, tmp_path: Path) -> None:
 
 
 def test_entry_without_its_bundle_fails_loudly(dist: Path, tmp_path: Path) -> None:
+    """The client copied alone answers VERSION (no exec needed) but fails any real request with
+    the spec's error naming what is missing; the PyInstaller entry alone fails at once."""
     lonely = tmp_path / "loopback"
     shutil.copy2(dist / "loopback", lonely)
-    proc = run(lonely, b"", _env(CNI_COMMAND="VERSION"))
-    assert proc.returncode != 0
-    assert proc.stdout == b""
+    assert version(lonely, b'{"cniVersion":"0.3.1"}')["cniVersion"] == "0.3.1"
+    proc = run(lonely, b"{}", _env(CNI_COMMAND="ADD", CNI_FLANNEL_AGENT="off"))
+    assert proc.returncode == 1, proc
+    error = json.loads(proc.stdout)
+    assert error["code"] == 999 and f"{tmp_path}/{BUNDLE}/cni-flannel" in error["msg"], error
+    assert "No such file or directory" in error["msg"]
+    python_alone = tmp_path / "bridge"
+    shutil.copy2(dist / BUNDLE / "cni-flannel", python_alone)
+    proc = run(python_alone, b"", _env(CNI_COMMAND="VERSION"))
+    assert proc.returncode != 0 and proc.stdout == b""
     assert BUNDLE.encode() in proc.stderr
 
 
