@@ -19,9 +19,18 @@ def plugin_name(argv0: str) -> str:
 
 
 def main(argv: Optional[list] = None) -> NoReturn:
+    argv = sys.argv if argv is None else argv
+    # flanneld, the node daemon: same bundle, its own name (imports nothing plugins pay for).
+    if argv and plugin_name(argv[0]) == "flanneld":
+        from .daemon.cli import main as flanneld
+
+        sys.exit(flanneld(argv[1:]))
+    if len(argv) > 1 and argv[1] == "flanneld" and not os.environ.get("CNI_COMMAND"):
+        from .daemon.cli import main as flanneld
+
+        sys.exit(flanneld(argv[2:]))
     from .cni.skel import PLUGINS, main as skel_main
 
-    argv = sys.argv if argv is None else argv
     if len(argv) > 1 and argv[1] == "agent" and not os.environ.get("CNI_COMMAND"):
         from .agent.cli import agent
 
@@ -38,7 +47,8 @@ def main(argv: Optional[list] = None) -> NoReturn:
             "cni-flannel: run me as one of: %s (e.g. via a link in /opt/cni/bin),\n"
             "or as 'cni-flannel <plugin>' with the CNI_* environment set,\n"
             "or as 'cni-flannel agent' to run the resident plugin agent,\n"
-            "or as 'cni-flannel doctor' to check this node's flannel networking.\n" % ", ".join(sorted(PLUGINS))
+            "or as 'cni-flannel doctor' to check this node's flannel networking,\n"
+            "or as 'flanneld' (or 'cni-flannel flanneld') to run the node daemon.\n" % ", ".join(sorted(PLUGINS))
         )
         sys.exit(2)
     skel_main(name)  # an unknown name still answers VERSION and gives CNI errors
