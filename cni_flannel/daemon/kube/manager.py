@@ -193,6 +193,15 @@ class KubeSubnetManager(SubnetManager):
         self.client.close()
 
 
-def make_kube_manager(opts: KubeOptions) -> KubeSubnetManager:
-    """The registry's factory for --kube-subnet-mgr."""
+def make_kube_manager(flags: Any) -> KubeSubnetManager:
+    """The CLI registry's factory for --kube-subnet-mgr: flanneld's parsed flags (a dict, keys as
+    in cni_flannel.daemon.cli) or ready KubeOptions.  NODE_NAME / POD_NAME / POD_NAMESPACE come
+    from the environment, as upstream."""
+    if isinstance(flags, KubeOptions):
+        return KubeSubnetManager(flags)
+    conn = Connection(api_url=flags.get("kube_api_url") or "", kubeconfig=flags.get("kubeconfig_file") or "")
+    opts = KubeOptions.from_env(
+        connection=conn, annotation_prefix=flags.get("kube_annotation_prefix") or ANNOTATION_PREFIX,
+        net_config_path=flags.get("net_config_path") or netconf_mod.DEFAULT_PATH,
+        set_node_network_unavailable=bool(flags.get("set_node_network_unavailable", True)))
     return KubeSubnetManager(opts)
