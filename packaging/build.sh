@@ -57,10 +57,6 @@ done
 # as <its dir>/.cni-flannel and dispatches on argv[0]; no hand-off client in front of it).
 ln -f "${python_entry:-$out/${PLUGINS[0]}}" "$out/flanneld"
 
-# flanneld, the node daemon: the PyInstaller entry itself under that name (it finds the bundle
-# as <its dir>/.cni-flannel and dispatches on argv[0]; no hand-off client in front of it).
-ln -f "${python_entry:-$out/${PLUGINS[0]}}" "$out/flanneld"
-
 # Identity of this build: install.sh uses ENTRY_SHA256 to recognise entries it installed before
 # (so an upgrade may replace them) from binaries that belong to someone else (never replaced).
 {
@@ -86,9 +82,6 @@ for name in "${PLUGINS[@]}"; do
 done
 reply=$(env -i CNI_COMMAND=ADD CNI_FLANNEL_AGENT=off "$out/loopback" </dev/null || true)
 [[ $reply == *'"code": 4'* ]] || { echo "build.sh: the client did not reach the Python entry: $reply" >&2; exit 1; }
-
-reply=$("$out/flanneld" --version 2>&1) && [[ $reply == v* ]] \
-    || { echo "build.sh: flanneld --version said: $reply" >&2; exit 1; }
 
 reply=$("$out/flanneld" --version 2>&1) && [[ $reply == v* ]] \
     || { echo "build.sh: flanneld --version said: $reply" >&2; exit 1; }
