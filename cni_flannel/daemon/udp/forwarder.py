@@ -28,7 +28,7 @@ import select
 import socket
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.packet import check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT, TTL_EXPIRED
@@ -36,6 +36,7 @@ from cni_flannel.daemon.udp.routes import PeerTable
 
 log = logging.getLogger("cni_flannel.daemon.udp")
 
+PROFILE_ENV = "CNI_FLANNEL_UDP_PROFILE"  # bench/udp: cProfile each loop into <value>.<thread>
 BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole and counted
 LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
 _GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
@@ -60,7 +61,7 @@ class Forwarder:
     # --- control (called from the backend's thread) ----------------------------------
     def start(self) -> None:
         for target, name in ((self._tun_to_udp, "udp-tun2udp"), (self._udp_to_tun, "udp-udp2tun")):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            t = threading.Thread(target=_profiled(target, name), name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -212,6 +213,21 @@ class Forwarder:
                 packets += 1
                 nbytes += n
             stats.add(packets, nbytes, drops)
+
+
+def _profiled(target: Callable[[], None], name: str) -> Callable[[], None]:
+    path = os.environ.get(PROFILE_ENV)
+    if not path:
+        return target
+
+    def run() -> None:
+        import cProfile
+        prof = cProfile.Profile()
+        try:
+            prof.runcall(target)
+        finally:
+            prof.dump_stats(f"{path}.{name}")
+    return run
 
 
 def _write_quietly(fd: int, data: bytes) -> None:
