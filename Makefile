@@ -3,6 +3,7 @@
 #   make test      install what is missing (apt, venv), build, run every suite
 #   make binaries  frozen plugins in dist/cni/ (flannel bridge host-local portmap loopback)
 #   make install   DESTDIR=… PLUGINS="flannel" FORCE=1 NATIVE=0 — see packaging/install.sh
+#                  (PLUGINS="flannel flanneld" or make install-flanneld: flanneld to /opt/bin)
 #   make demo | bench | drivers | deps | clean
 
 SHELL := /bin/bash
@@ -31,7 +32,7 @@ DESTDIR ?=
 FORCE ?=
 NATIVE ?= 1
 
-.PHONY: all deps apt venv binaries drivers test demo install bench clean binaries-native portable-root native
+.PHONY: all deps apt venv binaries drivers test demo install install-flanneld bench clean binaries-native portable-root native
 
 all: binaries
 
@@ -117,7 +118,13 @@ bench: binaries drivers
 # suite; `make binaries install` to be sure the build is current.
 install:
 	@[[ -f $(BUNDLE_STAMP) ]] || $(MAKE) --no-print-directory binaries
-	DESTDIR="$(DESTDIR)" PLUGINS="$(PLUGINS)" FORCE="$(FORCE)" NATIVE="$(NATIVE)" bash packaging/install.sh
+	$(if $(filter-out flanneld,$(PLUGINS)),DESTDIR="$(DESTDIR)" PLUGINS="$(filter-out flanneld,$(PLUGINS))" FORCE="$(FORCE)" NATIVE="$(NATIVE)" bash packaging/install.sh)
+	$(if $(filter flanneld,$(PLUGINS)),DESTDIR="$(DESTDIR)" FORCE="$(FORCE)" sh packaging/install-flanneld.sh)
+
+# flanneld, the node daemon, to $(DESTDIR)/opt/bin/flanneld (where kube-flannel.yml runs it).
+install-flanneld:
+	@[[ -f $(BUNDLE_STAMP) ]] || $(MAKE) --no-print-directory binaries
+	DESTDIR="$(DESTDIR)" FORCE="$(FORCE)" sh packaging/install-flanneld.sh
 
 # ----------------------------------------------------------------------------------------------
 
