@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
+import ssl
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -46,6 +48,7 @@ class LeaseNotFound(StoreError):
 
 _UNAVAILABLE_CODES = {1, 4, 13, 14}  # Canceled, DeadlineExceeded, Internal, Unavailable
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+_SSL_REASON = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(']+)")
 
 
 def translate(status: int, text: str, endpoint: Endpoint, username: str = "") -> DaemonError:
@@ -97,13 +100,15 @@ def _gateway_class() -> Any:
         endpoint: Endpoint
         username = ""
         token: Optional[str] = None
+        verify: Any = True
 
         def headers(self) -> Dict[str, str]:
             return {"Authorization": self.token} if self.token else {}
 
         def _request(self, method: str, *args: Any, **kwargs: Any) -> Any:
             try:
-                resp = getattr(self.session, method)(*args, timeout=self.timeout, headers=self.headers(), **kwargs)
+                resp = getattr(self.session, method)(*args, timeout=self.timeout, headers=self.headers(),
+                                                     verify=self.verify, **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise StoreError(f"TLS with etcd at {self.endpoint} failed: {tls_reason(exc)} (check --etcd-cafile, "
                                  f"--etcd-certfile and --etcd-keyfile)") from None
@@ -121,13 +126,21 @@ def _gateway_class() -> Any:
 
 
 def tls_reason(exc: BaseException) -> str:
-    text = str(exc)
-    for known in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER",
-                  "wrong version number", "bad certificate", "certificate required", "unknown ca"):
-        if known in text:
-            tail = text.split(known, 1)[1].split("(_ssl", 1)[0].strip(" :")
-            return f"{known.lower().replace('_', ' ')}{': ' + tail if tail else ''}"
-    return connection_reason(exc)
+    """'certificate verify failed: unable to get local issuer certificate' out of requests' chain."""
+    m = _SSL_REASON.search(str(exc))
+    return m.group(1).strip() if m else connection_reason(exc)
+
+
+def verify_setting(cafile: str) -> Any:
+    """What requests verifies the server with: --etcd-cafile, else the system's CAs (as Go does),
+    passed on every request so that REQUESTS_CA_BUNDLE in the environment cannot replace it."""
+    if cafile:
+        return cafile
+    paths = ssl.get_default_verify_paths()
+    for path in (paths.cafile, paths.capath):
+        if path and os.path.exists(path):
+            return path
+    return True
 
 
 class EtcdClient:
@@ -158,7 +171,7 @@ class EtcdClient:
             gw = _gateway_class()(host=ep.host, port=ep.port, protocol=ep.scheme, timeout=opts.request_timeout,
                                   ca_cert=opts.cafile or None, cert_cert=opts.certfile or None,
                                   cert_key=opts.keyfile or None)
-            gw.endpoint, gw.username = ep, opts.username
+            gw.endpoint, gw.username, gw.verify = ep, opts.username, verify_setting(opts.cafile)
             with self._lock:
                 self._gateways[key] = gw
         return gw
@@ -280,6 +293,7 @@ class WatchStream:
         self.endpoint = gw.endpoint
         try:
             self._resp = gw.session.post(gw.get_url("/watch"), json=body, stream=True, headers=gw.headers(),
+                                         verify=gw.verify,
                                          timeout=(options.request_timeout, options.watch_timeout))
         except requests.exceptions.SSLError as exc:
             raise StoreError(f"TLS with etcd at {gw.endpoint} failed: {tls_reason(exc)}") from None
