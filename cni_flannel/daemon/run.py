@@ -104,6 +104,8 @@ class Daemon:
         """From a signal handler: finish the current step, then exit 0."""
         self.stop.set()
         self.queue.put(_STOP)
+        if not self.status.ready:
+            self.manager.close()  # interrupts a blocking start-up call (kube: waiting for a podCIDR)
 
     @property
     def h(self) -> Any:
@@ -131,8 +133,16 @@ class Daemon:
         networks = [str(p.network) for p in conf.pools]
         self.backend = backends.new(conf.backend.type, conf.backend, networks=networks,
                                     ext_iface=choice.iface.name, handle=self.h)
+        public_ip, public_ipv6 = choice.public_ip, choice.public_ipv6
+        stored = getattr(self.manager, "stored_public_ips", None)  # kube: node-public-ip annotations win
+        if stored is not None:
+            ip4, ip6 = stored()
+            public_ip = ip4 if ip4 is not None and conf.enable_ipv4 else public_ip
+            public_ipv6 = ip6 if ip6 is not None and conf.enable_ipv6 else public_ipv6
+        previous_attrs = getattr(self.manager, "previous_attrs", None)  # kube: the VtepMAC we had
         with translated(f"{conf.backend.type} backend"):
-            attrs = self.backend.lease_attrs(choice.public_ip, choice.public_ipv6)
+            attrs = self.backend.lease_attrs(public_ip, public_ipv6,
+                                             previous=previous_attrs() if previous_attrs else None)
         previous = self._previous_lease()
         lease = self._retry("acquiring a lease", lambda: self.manager.acquire_lease(attrs, previous))
         self._set_lease(lease)
@@ -150,6 +160,9 @@ class Daemon:
         log.info("wrote %s (MTU %d)", o.subnet_file, self.backend.mtu)
         self.status.ready = True
         self.metrics.ready.set(1)
+        mark = getattr(self.manager, "mark_network_available", None)  # kube: NetworkUnavailable=False
+        if mark is not None:
+            mark()
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         """fn() retried on StoreUnavailable with backoff 1, 2, 4 .. 30 s, for at most

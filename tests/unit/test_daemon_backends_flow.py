@@ -291,3 +291,13 @@ def test_lease_attrs_keep_the_existing_vteps_mac_and_setup_uses_a_new_one():
     again = VxlanBackend({}, handle=k).lease_attrs(ipaddress.ip_address("198.18.0.1"))  # a restart
     assert again.backend_data == {"VNI": 1, "VtepMAC": mac}
     assert HostGwBackend({}, handle=k).lease_attrs(ipaddress.ip_address("198.18.0.1")).backend_data is None
+
+
+def test_lease_attrs_reuse_the_stored_vtep_mac_when_no_device_survived():
+    import ipaddress
+
+    from cni_flannel.daemon.lease import LeaseAttrs
+
+    stored = LeaseAttrs(backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": MAC[4]})
+    attrs = VxlanBackend({}, handle=FakeKernel()).lease_attrs(ipaddress.ip_address("198.18.0.1"), previous=stored)
+    assert attrs.backend_data["VtepMAC"] == MAC[4]

@@ -93,9 +93,11 @@ class Backend:
         raise NotImplementedError
 
     # --- setup -----------------------------------------------------------------------
-    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None) -> LeaseAttrs:
+    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None,
+                    previous: Optional[LeaseAttrs] = None) -> LeaseAttrs:
         """The attributes to acquire our lease with (before setup: the subnet is not known
-        yet).  vxlan overrides this to record the VtepMAC it will keep."""
+        yet).  vxlan overrides this to record the VtepMAC it will keep (``previous``: what the
+        store last held for this node, used when no device survived)."""
         return LeaseAttrs(public_ip=public_ip, public_ipv6=public_ipv6, backend_type=self.type)
 
     def setup(self, node: Lease) -> Dict[str, Any]:

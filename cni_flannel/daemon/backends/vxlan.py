@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from cni_flannel.daemon.backends.apply import Scope
 from cni_flannel.daemon.backends.base import Backend, Refusal
 from cni_flannel.daemon.errors import BackendError
-from cni_flannel.daemon.lease import Lease, LeaseAttrs, Side
+from cni_flannel.daemon.lease import Lease, LeaseAttrs, Side, vtep_mac
 from cni_flannel.daemon.backends.plan import (Entry, Fdb, Neigh, RouteEntry, State,
                                               directly_connected)
 from cni_flannel.net.errors import NotFound
@@ -112,15 +112,20 @@ class VxlanBackend(Backend):
         self.vteps: Dict[int, Link] = {}
         self.macs: Dict[int, str] = {}         # the VtepMAC per family our lease advertises
 
-    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None) -> LeaseAttrs:
+    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None,
+                    previous: Optional[LeaseAttrs] = None) -> LeaseAttrs:
         """Lease with the VtepMAC of the device that already exists (a restart: peers keep
-        theirs pointing at it), else a fresh one that setup() then creates the device with."""
+        theirs pointing at it), else the one ``previous`` (the store's record) names, else a
+        fresh one; setup() then creates the device with it."""
         data: Dict[int, Any] = {}
         for family, ip in ((4, public_ip), (6, public_ipv6)):
             if ip is None:
                 continue
             link = self.h.find_link(device_name(self.config.vni, family))
-            mac = link.mac if link is not None and link.kind == "vxlan" and link.mac else random_mac()
+            old = None
+            if previous is not None:
+                old = vtep_mac(previous.backend_data if family == 4 else previous.backend_v6_data)
+            mac = link.mac if link is not None and link.kind == "vxlan" and link.mac else (old or random_mac())
             self.macs[family] = mac
             data[family] = {"VNI": self.config.vni, "VtepMAC": mac}
         return LeaseAttrs(public_ip=public_ip, public_ipv6=public_ipv6, backend_type=self.type,
