@@ -145,3 +145,92 @@ def test_sigkill_and_restart_keeps_vtep_mac_and_routes(cluster):
     assert vtep_entries(c.nodes["n1"]) == before
     for name in ("n2", "n3"):
         assert converged(c, name, names)
+
+
+# --- one node: waiting for a podCIDR, bad input ----------------------------------------------
+
+def no_traceback(log: str) -> None:
+    assert "Traceback" not in log, log
+
+
+def test_waits_for_pod_cidr_then_comes_up(lab, make_node):
+    c = KubeCluster(lab, make_node, ["n1"], {"n1": None})
+    d = c.start("n1")
+    wait_for("the podCIDR wait message", lambda: "has no podCIDR yet" in d.log(), timeout=15)
+    time.sleep(1.5)
+    assert not c.nodes["n1"].exists("/run/flannel/subnet.env")
+    assert d.log().count("has no podCIDR yet") == 1  # repeated every 30 s, not per poll
+    c.api.patch("n1", {"spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]}}, "strategic")
+    env = c.wait_ready("n1", timeout=10)
+    assert env["FLANNEL_SUBNET"] == "10.244.0.1/24"
+    no_traceback(d.log())
+
+
+BAD_NET_CONF = [
+    ("{", "net-conf.json"),
+    ('{"Network": "10.244.0.0/33", "Backend": {"Type": "vxlan"}}', "Network"),
+    ('{"Network": "10.244.0.0/16", "Backend": {"Type": "nope"}}', "nope"),
+    ('{"Network": "10.99.0.0/16", "Backend": {"Type": "vxlan"}}', "outside net-conf.json Network=10.99.0.0/16"),
+]
+
+
+def test_bad_input_exits_with_one_clear_line(lab, make_node):
+    c = KubeCluster(lab, make_node, ["n1"], {"n1": ["10.244.0.0/24"]})
+    node = c.nodes["n1"]
+
+    def failed(d, match):
+        assert d.wait_exit() == 1, d.log()
+        log = d.log()
+        no_traceback(log)
+        assert match in log, log
+        assert not node.exists("/run/flannel/subnet.env"), log
+        assert not c.annotations("n1"), "annotations written although the daemon failed"
+        return log
+
+    for text, match in BAD_NET_CONF:
+        node.write_file("/etc/kube-flannel/net-conf.json", text)
+        failed(c.start("n1"), match)
+    node.write_file("/etc/kube-flannel/net-conf.json", c.net_conf)
+    # no API server at that address: retried, then a clear error
+    unreachable = c.api.url.replace(":6443", ":6444")
+    log = failed(c.start("n1", f"--kube-api-url={unreachable}", "--startup-timeout=3"), "unreachable")
+    assert "retrying" in log
+    # RBAC without nodes/status patch
+    c.api.forbid("patch", "nodes/status")
+    failed(c.start("n1"), "403 Forbidden")
+    c.api.forbidden.clear()
+    # a peer with malformed annotations: one log line, skipped; the daemon runs on
+    c.api.add_node("bad", pod_cidrs=["10.244.5.0/24"], annotations={
+        P + "kube-subnet-manager": "true", P + "backend-type": "vxlan", P + "public-ip": "not-an-ip",
+        P + "backend-data": '{"VNI":1,"VtepMAC":"0a:00:00:00:05:01"}'})
+    d = c.start("n1")
+    c.wait_ready("n1")
+    c.api.patch("bad", {"metadata": {"labels": {"touched": "1"}}}, "merge")
+    wait_for("the skipped peer's log line", lambda: "'bad'" in d.log(), timeout=10)
+    time.sleep(1)
+    assert d.proc.poll() is None, d.log()
+    assert [l for l in d.log().splitlines() if "'bad'" in l and "public-ip" in l].__len__() == 1, d.log()
+    assert vtep_entries(node)["fdb"] == []
+    no_traceback(d.log())
+
+
+def test_dual_stack(lab, make_node):
+    conf = json.dumps({"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd00:10:244::/56",
+                       "Backend": {"Type": "vxlan"}})
+    cidrs = {"n1": ["10.244.0.0/24", "fd00:10:244::/64"], "n2": ["10.244.1.0/24", "fd00:10:244:1::/64"]}
+    c = KubeCluster(lab, make_node, ["n1", "n2"], cidrs, net_conf=conf, ipv6=True)
+    for name in c.nodes:
+        c.start(name)
+    for name in c.nodes:
+        env = c.wait_ready(name)
+        assert env["FLANNEL_IPV6_SUBNET"] == cidrs[name][1].replace("::/64", "::1/64")
+        assert env["FLANNEL_IPV6_NETWORK"] == "fd00:10:244::/56"
+    a = c.annotations("n2")
+    assert a["public-ipv6"] == "2001:db8::2"
+    assert json.loads(a["backend-v6-data"])["VtepMAC"] == vtep_mac(c.nodes["n2"], "flannel-v6.1")
+
+    def v6_peer(name, other):
+        return wait_for(f"{name}'s IPv6 peer", lambda: vtep_entries(c.nodes[name], "flannel-v6.1")["routes"] == [
+            (cidrs[other][1], cidrs[other][1].split("/")[0], True)], timeout=15)
+    v6_peer("n1", "n2")
+    v6_peer("n2", "n1")
