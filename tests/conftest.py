@@ -8,7 +8,7 @@ import functools
 import os
 import subprocess
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, List, Optional, Union
 
 import pytest
 
@@ -99,25 +99,57 @@ def pod(request) -> Callable[..., Pod]:
 
 
 AGENT_SOCKET = "/run/flannel/cni-agent.sock"
+#: The agent's request log in a node (``--request-log``): one line per request, served or refused.
+AGENT_LOG = "/run/flannel/cni-agent.requests"
+PYTHON_ENTRY = "/opt/cni/bin/.cni-flannel/cni-flannel"
 
 
-def start_agent(node: Node, timeout: float = 20.0) -> subprocess.Popen:
+def start_agent(node: Node, timeout: float = 20.0, stderr: int = subprocess.PIPE) -> subprocess.Popen:
     """Run the resident plugin agent in ``node`` (from its /opt/cni/bin) until the lab closes."""
     import time
 
-    proc = node.popen(["/opt/cni/bin/flannel", "agent", "--socket", AGENT_SOCKET],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = node.popen(["/opt/cni/bin/flannel", "agent", "--socket", AGENT_SOCKET, "--request-log", AGENT_LOG],
+                      stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + timeout
     while not node.exists(AGENT_SOCKET):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"agent did not start: {proc.stderr.read().decode(errors='replace')}")
+            why = proc.stderr.read().decode(errors="replace") if proc.stderr else f"exit {proc.poll()}"
+            raise RuntimeError(f"agent did not start: {why}")
         time.sleep(0.05)
     return proc
 
 
+def agent_requests(node: Node) -> List[str]:
+    """The agent's request log: ``<plugin> <COMMAND> <containerID> exit <code> (...)`` per served
+    request, ``refused: <why>`` per refusal."""
+    if not node.exists(AGENT_LOG):
+        return []
+    return [line.split("]: ", 1)[1] for line in node.read_file(AGENT_LOG).splitlines()]
+
+
+def forbid_fallback(node: Node) -> None:
+    """Make the self-contained path fail loudly in ``node``: the hand-off client can no longer
+    exec the PyInstaller entry, so a request the agent does not serve fails (code 999) instead of
+    passing unnoticed.  The running agent does not need the file any more."""
+    if node.exists(PYTHON_ENTRY):  # (a source-tree run has no client and no such file)
+        node.run(["mv", PYTHON_ENTRY, PYTHON_ENTRY + ".hidden-by-test"])
+
+
 @pytest.fixture(params=["in-process", "agent"])
-def plugin_path(request, node: Node) -> str:
-    """Runs a test twice: plugins doing the work themselves, and handing it to the agent."""
-    if request.param == "agent":
-        start_agent(node)
-    return request.param
+def plugin_path(request, node: Node) -> Iterator[str]:
+    """Runs a test twice: plugins doing the work themselves, and handing it to the agent.
+
+    The agent variant proves the agent did the work: the fallback is made impossible
+    (forbid_fallback), and afterwards the agent's request log must show served requests and no
+    refusal."""
+    if request.param == "in-process":
+        yield request.param
+        assert not node.exists(AGENT_LOG)
+        return
+    start_agent(node, stderr=subprocess.DEVNULL)
+    forbid_fallback(node)
+    yield request.param
+    log = agent_requests(node)
+    served = [line for line in log if not line.startswith("refused")]
+    assert served, "the agent served no request: the plugins did the work themselves"
+    assert len(served) == len(log), f"the agent refused requests: {log}"

@@ -59,11 +59,12 @@ def preload() -> List[str]:
     import cni_flannel
 
     missing = []
-    names = list(PRELOAD) + [m.name for m in pkgutil.walk_packages(cni_flannel.__path__, "cni_flannel.")]
+    names = list(PRELOAD) + [m.name for m in pkgutil.walk_packages(cni_flannel.__path__, "cni_flannel.")
+                             if not m.name.endswith(".__main__")]  # importing one would run it
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception:  # a plugin not written yet must not stop the others
+        except (Exception, SystemExit):  # a module that cannot load must not stop the others
             missing.append(name)
     _warm_netlink()
     import codecs

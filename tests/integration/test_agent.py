@@ -147,3 +147,78 @@ def test_worker_needs_none_of_its_own_files_after_joining_the_caller(make_node: 
                  "flannel CHECK c1 exit 0", "portmap DEL c1 exit 0", "flannel DEL c1 exit 0"):
         assert line in log, log
     assert "CNI-DN-" not in node.run(["iptables-save", "-t", "nat"]).stdout
+
+
+def _raw_request(node: Any, frame: bytes, fds: str = "ns") -> bytes:
+    """Send ``frame`` to the node's agent from inside the node (fds: "ns" its namespaces, "files"
+    two plain files, "none") and return what came back."""
+    script = r"""
+import os, socket, sys
+frame = sys.stdin.buffer.read()
+kind = sys.argv[1]
+paths = {"ns": ["/proc/self/ns/net", "/proc/self/ns/mnt"], "files": ["/etc/hostname", "/etc/hosts"]}.get(kind, [])
+fds = [os.open(p, os.O_RDONLY) for p in paths]
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[2])
+anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+s.sendmsg([frame[:4]], anc)
+s.sendall(frame[4:])
+s.shutdown(socket.SHUT_WR)
+out = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.buffer.write(out)
+"""
+    done = subprocess.run(["nsenter", f"--net={node.path}", f"--mount={node.mnt}", "--", "python3", "-c", script,
+                           fds, AGENT_SOCKET], input=frame, capture_output=True, timeout=30, check=True)
+    return done.stdout
+
+
+def test_malformed_requests_are_refused_and_the_agent_lives_on(node: Any, pod: Any) -> None:
+    from cni_flannel.cni import wire
+    from tests.conftest import agent_requests
+
+    agent = start_agent(node)
+    good_env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_NETNS": pod().path, "CNI_IFNAME": "eth0",
+                "CNI_PATH": "/opt/cni/bin"}
+    cases = [
+        (b"\x00\x00\x00\x05hello", "ns", "malformed request"),
+        ((wire.MAX_FRAME + 1).to_bytes(4, "big"), "ns", "exceeds"),
+        (wire.encode_frame([b"x"] * 5), "ns", "not a cni-flannel hand-off request"),
+        (wire.encode_request("0.0.0-other", "host-local", good_env, json.dumps(IPAM).encode()), "ns",
+         "agent runs cni-flannel"),
+        (wire.encode_request(__import__("cni_flannel").__version__, "host-local", good_env,
+                             json.dumps(IPAM).encode()), "none", "expected 2 namespace descriptors"),
+        (wire.encode_request(__import__("cni_flannel").__version__, "host-local", good_env,
+                             json.dumps(IPAM).encode()), "files", "cannot join the caller's namespaces"),
+    ]
+    for frame, fds, why in cases:
+        reply = _raw_request(node, frame, fds)
+        assert wire.decode_reply(reply[4:]) is None, reply  # a refusal
+        assert why in reply.decode(errors="replace"), reply
+    assert agent.poll() is None
+    refused = agent_requests(node)
+    assert len(refused) == len(cases) and all(line.startswith("refused: ") for line in refused), refused
+    assert _held(node) == {}  # nothing ran
+    # ... and the next real request is served
+    assert run_plugin("host-local", "ADD", IPAM, netns=pod().path, node=node, container_id="a").rc == 0
+    assert agent_requests(node)[-1].startswith("host-local ADD a exit 0")
+
+
+def test_agent_checks_the_callers_uid(node: Any, pod: Any) -> None:
+    """Even when the socket is opened to everyone, a non-root caller is refused (SO_PEERCRED)
+    and the plugin falls back to its own (unprivileged, failing) run."""
+    from tests.conftest import agent_requests
+
+    start_agent(node)
+    node.run(["chmod", "0666", AGENT_SOCKET])
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "n", "CNI_NETNS": pod().path, "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_FLANNEL_LOG": "/dev/null"}
+    done = node.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/opt/cni/bin/host-local"],
+                    input=json.dumps(IPAM), env=env, check=False)
+    assert done.returncode == 1 and '"code"' in done.stdout
+    assert agent_requests(node) == ["refused: caller uid 65534 may not use the agent"] * 2  # client, then Python
+    assert _held(node) == {}
