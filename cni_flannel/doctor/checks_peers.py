@@ -113,7 +113,8 @@ def peer_entries(f: NodeFacts) -> M.Check:
             elif p.public_ip and dsts and p.public_ip not in dsts:
                 wrong.append(f"FDB sends {want_mac} to {', '.join(dsts)}, lease says {p.public_ip}")
             bad += bool(wrong)
-            items.append(f"{p.subnet} ({p.public_ip or (dsts[0] if dsts else '?')}): "
+            public = p.public_ip or (dsts[0] if dsts else "")
+            items.append(f"{p.subnet}{f' ({public})' if public else ''}: "
                          + ("; ".join(wrong) if wrong else f"route, neighbour and FDB on {dev.name} ✔"))
     if bad:
         return M.fail(cid, title, f"{plural(bad, 'peer')} of {len(items)} lack correct entries ({source})",
