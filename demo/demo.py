@@ -113,7 +113,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         build(cluster, p)
         walk = Walkthrough(cluster, p)
         for mode in args.modes:
-            results.append(run_mode(walk, mode, unavailable))
+            try:
+                results.append(run_mode(walk, mode, unavailable))
+            except DemoError as exc:
+                results.append(ModeResult(mode, status=f"FAILED: {str(exc).splitlines()[0]}"))
+                raise
     except KeyboardInterrupt as exc:
         p.say(f"{p.red}interrupted ({exc or 'SIGINT'}){p.end}")
         rc = 130

@@ -6,6 +6,7 @@ saw none raises DemoError; one that must see nothing is checked as explicitly.
 """
 from __future__ import annotations
 
+import os
 import select
 import shlex
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import IO, List, Optional, Sequence, Union
 
 from demo.progress import DemoError, Progress
 from demo.transcript import iperf3_receiver_bps, packets_captured, ping_ttls
@@ -41,6 +42,24 @@ def shown(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def read_until(stream: Optional[IO[bytes]], text: str, timeout: float) -> str:
+    """What a process writes to a pipe until it has written text, closed it, or timeout passed.
+
+    Raw os.read on the descriptor: a buffered readline could take two lines at once and leave
+    select() waiting for one that already arrived."""
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen and stream is not None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            break
+        chunk = os.read(stream.fileno(), 4096).decode(errors="replace")
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
 @dataclass
 class Capture:
     """A running tcpdump; use start()/finish() around the traffic it should (or should not) see."""
@@ -63,15 +82,10 @@ class Capture:
         # print its "N packets captured" line.
         self.proc = self.node.popen(["timeout", "-s", "INT", str(int(self.timeout) + 5), *self.argv],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 5
-        while not any("listening on" in line for line in self.err):
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                self.proc.kill()
-                raise DemoError(f"tcpdump on {self.node.name} {self.dev} did not start: {''.join(self.err)}")
-            ready, _, _ = select.select([self.proc.stderr], [], [], left)
-            if ready:
-                self.err.append(self.proc.stderr.readline().decode(errors="replace"))
+        self.err.append(read_until(self.proc.stderr, "listening on", 5))
+        if "listening on" not in self.err[0]:
+            self.proc.kill()
+            raise DemoError(f"tcpdump on {self.node.name} {self.dev} did not start: {self.err[0].strip()}")
         return self
 
     def finish(self, wait: bool) -> "CaptureResult":
@@ -100,7 +114,7 @@ class CaptureResult:
     count: int
 
     def output(self) -> str:
-        lines = [line for line in self.stderr.splitlines() if line.startswith("listening on")]
+        lines = [line for line in self.stderr.splitlines() if "listening on" in line]
         tail = [line for line in self.stderr.splitlines() if "packets captured" in line]
         return "\n".join(lines + self.stdout.rstrip("\n").splitlines() + tail)
 
@@ -153,15 +167,11 @@ class Observer:
 
     def iperf3(self, client: Pod, server: Pod, addr: str, seconds: int = 3) -> float:
         """Pod-to-pod TCP throughput (bits/s) as the receiver measured it."""
-        srv = subprocess.Popen(["ip", "netns", "exec", server.netns, "iperf3", "-s", "-1", "-p", "5201"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/")
+        srv = subprocess.Popen(["ip", "netns", "exec", server.netns, "stdbuf", "-oL", "iperf3", "-s", "-1", "-p", "5201",
+                                "--forceflush"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/")
         try:
-            seen = ""
-            for _ in range(4):  # a line of dashes, then "Server listening on 5201"
-                seen += srv.stdout.readline().decode(errors="replace") if srv.stdout else ""
-                if "listening" in seen:
-                    break
-            else:
+            seen = read_until(srv.stdout, "listening", 10)
+            if "listening" not in seen:
                 raise DemoError(f"iperf3 server in pod {server.name} did not start: {seen.strip()}")
             argv = ["iperf3", "-c", addr, "-p", "5201", "-t", str(seconds), "--json"]
             done = client.run(argv, check=False, timeout=seconds + 30)
@@ -180,7 +190,7 @@ class Observer:
         srv = subprocess.Popen(["ip", "netns", "exec", server.netns, sys.executable, "-c", SERVER, str(port)],
                                stdout=subprocess.PIPE, cwd="/")
         try:
-            if srv.stdout is None or b"listening" not in srv.stdout.readline():
+            if "listening" not in read_until(srv.stdout, "listening", 10):
                 raise DemoError(f"server in pod {server.name} did not start")
             argv = [sys.executable, "-c", CLIENT, node_ip, str(host_port)]
             done = from_node.run(argv, check=False)
