@@ -408,3 +408,19 @@ def test_missing_config_retries_then_names_the_key():
     del store.kv["/coreos.com/network/config"]
     with pytest.raises(ConfigError, match="/coreos.com/network/config does not exist"):
         m.network_config()
+
+
+def test_renew_never_recreates_a_key_deleted_between_its_read_and_its_write():
+    m, store = memory_manager()
+    lease = m.acquire_lease(node(1))
+    real_range = store.range
+
+    def read_then_deleted(key: str, prefix: bool = False, attempts: Optional[int] = None):
+        out = real_range(key, prefix, attempts)
+        store.kv.pop(SUBNETS + "10.244.1.0-24", None)  # an operator's etcdctl del, just after our read
+        return out
+
+    store.range = read_then_deleted  # type: ignore[assignment]
+    with pytest.raises(LeaseRevoked, match="disappeared from etcd while renewing"):
+        m.renew_lease(lease)
+    assert not any(k.startswith(SUBNETS) for k in store.kv)
