@@ -62,7 +62,9 @@ class Lease:
     subnet: Optional[IPv4Network]
     ipv6_subnet: Optional[IPv6Network] = None
     attrs: LeaseAttrs = field(default_factory=LeaseAttrs)
-    expiration: Optional[float] = None  # unix time; None: no TTL (a reservation, or kube)
+    # unix time; None: no TTL (a reservation, kube), or a peer's etcd lease not looked up (the etcd
+    # manager fills it for our own lease only: nothing needs a peer's expiry)
+    expiration: Optional[float] = None
 
     @property
     def key(self) -> str:
