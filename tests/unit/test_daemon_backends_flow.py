@@ -301,3 +301,14 @@ def test_lease_attrs_reuse_the_stored_vtep_mac_when_no_device_survived():
     stored = LeaseAttrs(backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": MAC[4]})
     attrs = VxlanBackend({}, handle=FakeKernel()).lease_attrs(ipaddress.ip_address("198.18.0.1"), previous=stored)
     assert attrs.backend_data["VtepMAC"] == MAC[4]
+
+
+def test_a_removal_without_attributes_removes_the_known_peer():
+    """etcd's DELETE event carries the key only: the lease has no BackendType, IP or MAC."""
+    from cni_flannel.daemon.lease import Lease as L
+
+    k = FakeKernel()
+    be = vxlan(k)
+    be.reconcile([lease(2), lease(3)])
+    be.handle([Event("removed", L.from_dict({"Subnet": "10.244.3.0/24", "BackendType": ""}))])
+    assert programmed(k)[2] == [("10.244.2.0/24", "10.244.2.0", True)]

@@ -131,24 +131,28 @@ class Backend:
             log.warning("ignoring peer %s: BackendType %r is not %r", lease.name,
                         lease.backend_type, self.type)
             return False
+        return not self._own(lease)  # our own lease, as the watch reports it too
+
+    def _own(self, lease: Lease) -> bool:
         own = {str(s.subnet) for s in self.node.sides()} if self.node else set()
-        if own & {str(s.subnet) for s in lease.sides()}:
-            return False  # our own lease, as the watch reports it too
-        return True
+        return bool(own & {str(s.subnet) for s in lease.sides()})
 
     def handle(self, events: Sequence[Event]) -> Plan:
         """Apply one batch of lease events."""
         self._require_setup()
         before = dict(self.peers)
         for ev in events:
-            if not self._wanted(ev.lease):
-                continue
             if ev.type == ADDED:
-                self.peers[ev.lease.key] = ev.lease
-            else:
-                # A removal we never saw added still removes what it describes.
+                if self._wanted(ev.lease):
+                    self.peers[ev.lease.key] = ev.lease
+                continue
+            # A removal names the key only (etcd's DELETE has no value): drop what we knew by
+            # that key; one we never saw added still removes what it describes, if anything.
+            if self._own(ev.lease):
+                continue
+            known = self.peers.pop(ev.lease.key, None)
+            if known is None and ev.lease.backend_type == self.type:
                 before.setdefault(ev.lease.key, ev.lease)
-                self.peers.pop(ev.lease.key, None)
         if not self._devices_intact():
             log.warning("%s: a device is gone or changed; recreating it and re-adding all peers", self.type)
             return self.reconcile()
