@@ -1,8 +1,6 @@
 """EtcdSubnetManager's watch, TLS, auth and failure paths against a real etcd on 127.0.0.1."""
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import threading
 from typing import Any, List
@@ -11,9 +9,8 @@ import pytest
 
 from cni_flannel.daemon.errors import ConfigError, StoreError, StoreUnavailable
 from cni_flannel.daemon.etcd import Clock, EtcdOptions, EtcdSubnetManager
-from cni_flannel.daemon.lease import lease_from_kv, render_attrs
-from cni_flannel.daemon.manager import ADDED, REMOVED, Snapshot
-from tests.harness.etcd import CertSet, EtcdServer, etcd, etcd_factory, free_port, wait_for  # noqa: F401
+from cni_flannel.daemon.manager import ADDED, REMOVED
+from tests.harness.etcd import CertSet, etcd, etcd_factory, free_port, wait_for  # noqa: F401 (fixtures)
 from tests.integration.etcd_manager import CONFIG, NET, SUBNETS, attrs, close_managers, manager, \
     subnet_keys, watches  # noqa: F401 (fixtures)
 

@@ -21,20 +21,19 @@ only while the key still exists: a key deleted by someone is LeaseRevoked, never
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import subnets
-from ..errors import ConfigError, LeaseError, LeaseRevoked, OutOfSubnets, StoreError, StoreUnavailable
+from ..errors import ConfigError, LeaseError, LeaseRevoked, OutOfSubnets, StoreError
 from ..lease import Lease, LeaseAttrs, config_key, render_attrs, subnet_path, subnets_prefix
 from ..manager import Sink, SubnetManager
 from ..netconf import NetConf, NetConfError, parse
 from .client import EtcdClient
 from .options import Clock, EtcdOptions
-from .records import KeyValue, b64, backoff, kv_to_lease, leases_from_kvs
+from .records import KeyValue, b64, backoff, leases_from_kvs
 from .watch import LeaseWatcher, own_expiry
 
 log = logging.getLogger("cni_flannel.daemon.etcd")
