@@ -170,6 +170,15 @@ def test_tls_with_client_certificates(etcd_factory, tmp_path):
         manager(server, certfile=str(server.certs.client_cert), keyfile="")
 
 
+def test_http_and_https_mixed_up_say_so(etcd_factory):
+    tls, plain = etcd_factory(tls=True), etcd_factory()
+    with pytest.raises(StoreUnavailable, match=r"an https etcd asked over http\?"):
+        manager(tls, endpoints=[tls.endpoint.replace("https:", "http:")], cafile="", certfile="", keyfile="",
+                attempts=2).network_config()
+    with pytest.raises(StoreError, match=r"does this endpoint speak https\?"):
+        manager(plain, endpoints=[plain.endpoint.replace("http:", "https:")], attempts=2).network_config()
+
+
 def test_auth_user_password_and_a_wrong_one(etcd_factory):
     server = etcd_factory(auth=True)
     server.put(CONFIG, NET)

@@ -198,6 +198,12 @@ def test_requests_error_chains_are_shortened():
                 "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
                 "unable to get local issuer certificate (_ssl.c:992)')))")
     assert tls_reason(Exception(ssl_text)) == "certificate verify failed: unable to get local issuer certificate"
+    eof = "Max retries exceeded (Caused by SSLError(SSLZeroReturnError(6, 'TLS/SSL connection has been closed (EOF) (_ssl.c:992)')))"
+    assert tls_reason(Exception(eof)) == "TLS/SSL connection has been closed (EOF) (does this endpoint speak https?)"
+    reset = "('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))"
+    assert connection_reason(Exception(reset)) == "Connection reset by peer"
+    assert "https etcd asked over http" in connection_reason(
+        Exception("('Connection aborted.', RemoteDisconnected('Remote end closed connection without response'))"))
 
 
 # --- options ------------------------------------------------------------------------------

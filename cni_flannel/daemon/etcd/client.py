@@ -47,8 +47,8 @@ class LeaseNotFound(StoreError):
 
 
 _UNAVAILABLE_CODES = {1, 4, 13, 14}  # Canceled, DeadlineExceeded, Internal, Unavailable
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
-_SSL_REASON = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(']+)")
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)|[A-Za-z]+Error\(-?\d+, '([^']+)'\)")
+_SSL_REASON = re.compile(r"SSL\w*Error\((?:\d+, )?'(?:\[SSL: [A-Z0-9_]+\] )?([^']+?)(?: \(_ssl\.c:\d+\))?'")
 
 
 def translate(status: int, text: str, endpoint: Endpoint, username: str = "") -> DaemonError:
@@ -85,7 +85,9 @@ def connection_reason(exc: BaseException) -> str:
     text = str(exc)
     m = _ERRNO.search(text)
     if m:
-        return m.group(1).strip()
+        return (m.group(1) or m.group(2)).strip()
+    if "RemoteDisconnected" in text:
+        return "it closed the connection without answering (an https etcd asked over http?)"
     if "timed out" in text.lower():
         return "timed out"
     return text[:200]
@@ -128,7 +130,10 @@ def _gateway_class() -> Any:
 def tls_reason(exc: BaseException) -> str:
     """'certificate verify failed: unable to get local issuer certificate' out of requests' chain."""
     m = _SSL_REASON.search(str(exc))
-    return m.group(1).strip() if m else connection_reason(exc)
+    reason = m.group(1).strip() if m else connection_reason(exc)
+    if "EOF" in reason or "WRONG_VERSION_NUMBER" in str(exc):
+        reason += " (does this endpoint speak https?)"
+    return reason
 
 
 def verify_setting(cafile: str) -> Any:
