@@ -62,11 +62,12 @@ class Report:
     def __getitem__(self, check: str) -> Dict[str, Any]:
         return self.checks[check]
 
-    def __repr__(self) -> str:
-        return self.text
+    def __repr__(self) -> str:  # what an assertion shows: the table, or every check that is not ok
+        return self.text or "\n".join(f"{c['status']} {c['id']}: {c['evidence']} {c['items']}"
+                                      for c in self.doc["checks"] if c["status"] != "ok")
 
 
-def doctor(node: Node, *args: str, table: bool = True) -> Report:
+def doctor(node: Node, *args: str, table: bool = False) -> Report:
     """Run ``flannel doctor --json`` (and the table form) in node; the JSON must match the schema."""
     base = ["/opt/cni/bin/flannel", "doctor", "--net-config-path", NET_CONF_PATH, "--node-name", node.name,
             "--probe-timeout", "0.5", *args]

@@ -19,7 +19,7 @@ NEEDS_DAEMON = {"daemon"}
 def test_healthy_node_is_all_ok_and_the_json_has_every_check(make_node):
     c = make_cluster(make_node, count=3)
     etcd_with_leases(c)
-    r = doctor(c.members[0].node, "--etcd-endpoints", ETCD_URL)
+    r = doctor(c.members[0].node, "--etcd-endpoints", ETCD_URL, table=True)
     assert r.rc == 0, r
     assert list(r.checks) == ALL
     assert {i: ch["status"] for i, ch in r.checks.items() if ch["status"] != "ok"} == {"daemon": "unknown"}, r
@@ -36,10 +36,11 @@ def test_subnet_env_removed(make_node):
     c = make_cluster(make_node)
     n1 = c.members[0].node
     n1.run(["rm", "/run/flannel/subnet.env"])
-    r = doctor(n1)
+    r = doctor(n1, table=True)
     assert r.rc == 1 and r.failing() == ["subnet-env"], r
     assert "does not exist" in r["subnet-env"]["evidence"] and "loadFlannelSubnetEnv" in r["subnet-env"]["evidence"]
     assert "start flanneld" in r["subnet-env"]["fix"]
+    assert "✘  subnet.env" in r.text and "fix: start flanneld" in r.text
     for dependent in ("cni0", "mtu", "masquerade", "net-conf"):  # cannot compare without it: "!", not a guess
         assert r.status(dependent) == "unknown", r
 

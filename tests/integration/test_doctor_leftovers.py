@@ -37,7 +37,7 @@ def test_pod_lost_without_del_leaks_address_config_and_chains_until_gc(make_node
     assert "CNI_COMMAND=GC" in command and '"containerID":"keep-cid"' in command and "ghost-cid" not in command
 
     n1.run(["sh", "-c", command])  # the operator runs the fix as printed
-    after = doctor(n1, table=False)
+    after = doctor(n1)
     assert after.failing() == [], after.doc
     held = n1.run(["ls", "/var/lib/cni/networks/cbr0"]).stdout.split()
     assert keep_ip in held and leak.split()[0] not in held

@@ -32,7 +32,7 @@ def test_cni0_keeps_the_gateway_of_an_old_lease(make_node):
     assert "already has an IP address different from 10.244.1.1/24" in ev
     assert "kubectl drain" in r["cni0"]["fix"] and "ip link delete cni0" in r["cni0"]["fix"]
     n1.run(["ip", "link", "delete", "cni0"])  # the fix: the next doctor run is clean
-    assert doctor(n1, table=False).failing() == []
+    assert doctor(n1).failing() == []
 
 
 def test_underlay_mtu_smaller_than_flannel_mtu(make_node):
@@ -80,7 +80,7 @@ def test_br_netfilter_not_loaded(make_node, tmp_path):
     assert "bridge-nf-call-iptables does not exist" in r["br-netfilter"]["evidence"]
     assert r["br-netfilter"]["fix"].startswith("modprobe br_netfilter")
     shutil.rmtree(root)
-    assert doctor(n1, "--proc-root", _proc_copy(n1, tmp_path), table=False).failing() == []  # the copy is faithful
+    assert doctor(n1, "--proc-root", _proc_copy(n1, tmp_path)).failing() == []  # the copy is faithful
 
 
 def test_old_kernel_with_vxlan_checksum_offload(make_node, tmp_path):
