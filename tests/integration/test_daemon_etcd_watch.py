@@ -73,7 +73,10 @@ def test_watch_snapshot_then_put_and_delete_events_and_bad_values_skipped(etcd, 
 def test_watch_resumes_after_etcd_restart_and_sees_a_lease_created_meanwhile(etcd, watches):
     etcd.put(CONFIG, NET)
     clock = GateClock()
-    w = watches(EtcdSubnetManager(EtcdOptions(**etcd.options()), clock=clock))
+    m = EtcdSubnetManager(EtcdOptions(**etcd.options()), clock=clock)
+    failed: List[str] = []
+    m.client.on_error = failed.append
+    w = watches(m)
     wait_for(lambda: w.snapshots(), 10, "the first snapshot")
     clock.hold.set()
     etcd.stop()
@@ -89,6 +92,8 @@ def test_watch_resumes_after_etcd_restart_and_sees_a_lease_created_meanwhile(etc
         (ADDED, "10.244.7.0/24"), (REMOVED, "10.244.7.0/24"), (ADDED, "10.244.8.0/24")]
     assert len(w.snapshots()) == 1  # resumed from the revision, not re-listed
     assert all(0 < s <= 5.0 for s in clock.sleeps)
+    assert failed and set(failed) == {"watch"}
+    m.close()
 
 
 def test_compacted_history_gives_a_new_snapshot(etcd, watches):
@@ -207,10 +212,12 @@ def test_unreachable_etcd_is_store_unavailable_after_bounded_waited_attempts():
     port = free_port()  # nothing listens there
     clock = CountingClock()
     m = EtcdSubnetManager(EtcdOptions(endpoints=[f"http://127.0.0.1:{port}"], attempts=4), clock=clock)
+    failed: List[str] = []
+    m.client.on_error = failed.append  # the daemon's store-error metric hook
     with pytest.raises(StoreUnavailable, match=rf"failed 4 times: cannot reach etcd at http://127.0.0.1:{port}: "
                                                r"Connection refused"):
         m.network_config()
-    assert m.client.attempts == 4
+    assert m.client.attempts == 4 and failed == ["read"] * 4
     assert clock.sleeps == [0.2, 0.4, 0.8]  # a wait between attempts, doubling
     m.close()
 

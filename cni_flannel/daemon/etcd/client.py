@@ -163,6 +163,16 @@ class EtcdClient:
         self._lock = threading.Lock()
         self.attempts = 0  # requests tried through call() (tests count them; metrics)
         self.failures = 0  # of which failed
+        # called with the operation ("read", "create", "watch", ...) at every failed request:
+        # the daemon counts them in its store-error metric
+        self.on_error: Callable[[str], None] = lambda op: None
+
+    def record_failure(self, what: str) -> None:
+        self.failures += 1
+        try:
+            self.on_error(what.split()[0])
+        except Exception:  # a metrics hook must never break the store path
+            log.exception("store error hook failed")
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -208,10 +218,10 @@ class EtcdClient:
                 return op(gw)
             except AuthExpired as exc:
                 gw.token, last = None, exc  # log in again on the next attempt, at once
-                self.failures += 1
+                self.record_failure(what)
                 continue
             except StoreUnavailable as exc:
-                self.failures += 1
+                self.record_failure(what)
                 last = exc
                 if attempt + 1 == tries:
                     break
@@ -222,7 +232,7 @@ class EtcdClient:
                 if self.clock.sleep(delay, self.stop):
                     raise StoreUnavailable(f"etcd {what}: stopped while retrying ({exc})") from None
             except StoreError:
-                self.failures += 1
+                self.record_failure(what)
                 raise
         raise StoreUnavailable(f"etcd {what} failed {tries} times: {last}")
 
@@ -268,7 +278,7 @@ class EtcdClient:
                                        "start_revision": start_revision, "progress_notify": True}}
             return WatchStream(gw, body, self.options)
         except DaemonError as exc:
-            self.failures += 1
+            self.record_failure("watch")
             if isinstance(exc, AuthExpired):
                 gw.token = None
             if isinstance(exc, StoreUnavailable):

@@ -113,10 +113,12 @@ class LeaseWatcher:
         if batch.canceled:
             if "auth" in batch.canceled.lower():
                 self.client.forget_token()
-            raise StoreError(f"etcd cancelled the watch: {batch.canceled}")
-        if batch.ended:
-            raise StoreError(f"etcd ended the watch stream: {batch.ended}")
+            end = StoreError(f"etcd cancelled the watch: {batch.canceled}")
+        elif batch.ended:
+            end = StoreError(f"etcd ended the watch stream: {batch.ended}")
         if end is not None:
+            if not isinstance(end, IdleTimeout):  # (failed opens and lists are counted by the client)
+                self.client.record_failure("watch")
             raise end
         return False
 
