@@ -31,11 +31,13 @@ sys.path.insert(0, str(REPO))
 from tests.harness.netns import Lab, Node  # noqa: E402
 from tests.harness.plugins import plugin_dir  # noqa: E402
 from tests.integration import test_daemon_backends as tdb  # noqa: E402
-from tests.integration.udp_helpers import set_subnet_env  # noqa: E402
+from tests.integration.udp_helpers import EnvBackendProc, set_subnet_env  # noqa: E402
 
 EXTRA_ENV: Dict[str, str] = {}  # --env KEY=VALUE for the backend processes (experiments)
 PROFILE_DIR = REPO / "bench" / "results" / "profile"
-BACKENDS = {"host-gw": {"Type": "host-gw"}, "vxlan": {"Type": "vxlan", "VNI": 1}, "udp": {"Type": "udp"}}
+BACKENDS = {"host-gw": {"Type": "host-gw"}, "vxlan": {"Type": "vxlan", "VNI": 1}, "udp": {"Type": "udp"},
+            "udp-plain": {"Type": "udp"}}
+KIND_ENV = {"udp-plain": {"FLANNELD_UDP_OFFLOAD": "0"}}  # the fallback path, measured too
 
 
 def iperf(client: Any, server: Any, ip: str, seconds: int) -> Dict[str, float]:
@@ -57,29 +59,6 @@ def ping_rtt(client: Any, ip: str, count: int = 50) -> Dict[str, float]:
     return {"rtt_min_ms": float(m.group(1)), "rtt_avg_ms": float(m.group(2)), "rtt_max_ms": float(m.group(3))}
 
 
-class ProfiledProc(tdb.BackendProc):
-    """The backend driver with the forwarder's profiling switched on (ends cleanly: stdin EOF)."""
-
-    def __init__(self, node: Node, backend: Dict[str, Any], networks: Any, profile: str) -> None:
-        self.node = node
-        self.log_path = f"{node.lab.run_dir}/{node.name}-backend.log"
-        argv = [sys.executable, "-m", "cni_flannel.daemon.backends", "--backend", json.dumps(backend)]
-        for net in networks:
-            argv += ["--network", net]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
-               "CNI_FLANNEL_UDP_PROFILE": profile}
-        env.update(EXTRA_ENV)
-        self._log = open(self.log_path, "w")
-        self.proc = node.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                               env=env, text=True)
-        node.lab.add_finalizer(self.stop)
-
-    def finish(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
 def node_maker(lab: Lab) -> Callable[..., Node]:
     plugins = plugin_dir()
 
@@ -91,6 +70,7 @@ def node_maker(lab: Lab) -> Callable[..., Node]:
 
 
 def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict[str, Any]:
+    env = {**EXTRA_ENV, **KIND_ENV.get(kind, {})}
     with Lab() as lab:
         if kind == "veth":
             a, b = lab.add_node("a"), lab.add_node("b")
@@ -102,13 +82,14 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
             client, server, ip = a, b, "192.0.2.2"
         else:
             orig = tdb.BackendProc
-            if profile or EXTRA_ENV:
-                tdb.BackendProc = lambda node, backend, nets: ProfiledProc(node, backend, nets, f"{profile}.{node.name}" if profile else "")
+            if profile or env:
+                tdb.BackendProc = lambda node, backend, nets: EnvBackendProc(node, backend, nets, {
+                    **env, **({"CNI_FLANNEL_UDP_PROFILE": f"{profile}.{node.name}"} if profile else {})})
             try:
                 c = tdb.Cluster(node_maker(lab), BACKENDS[kind], count=2)
             finally:
                 tdb.BackendProc = orig
-            if kind == "udp":
+            if kind.startswith("udp"):
                 for m in c.members:
                     set_subnet_env(m.node, m.n)
             c.add_pods()
@@ -118,8 +99,14 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
         samples = [iperf(client, server, ip, seconds) for _ in range(runs)]
         result: Dict[str, Any] = {"runs": samples, "gbps": max(s["gbps"] for s in samples),
                                   **ping_rtt(client, ip)}
-        if kind == "udp":
-            result["forwarder"] = c.members[0].proc.ok("counters")["counters"]
+        if kind.startswith("udp"):
+            sender, receiver = (m.proc.ok("counters")["counters"] for m in c.members)
+            result["forwarder"] = {"sender": sender, "receiver": receiver}
+            out, inn = sender["tun_to_udp"], receiver["udp_to_tun"]
+            # CPU per packet, independent of how busy the machine is
+            result["cpu_us_per_packet"] = {
+                "encapsulate": round(out["cpu_seconds"] / max(out["packets"], 1) * 1e6, 2),
+                "decapsulate": round(inn["cpu_seconds"] / max(inn["packets"], 1) * 1e6, 2)}
         if profile:
             for m in c.members:
                 m.proc.finish()
@@ -147,7 +134,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 s, 1 run")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the backend processes")
-    ap.add_argument("--only", default="veth,host-gw,vxlan,udp")
+    ap.add_argument("--only", default="veth,host-gw,vxlan,udp,udp-plain")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "udp.json"))
     args = ap.parse_args()
     EXTRA_ENV.update(e.split("=", 1) for e in args.env)
@@ -157,12 +144,14 @@ def main() -> int:
     for kind in args.only.split(","):
         results[kind] = bench_backend(kind, args.seconds, args.runs)
         r = results[kind]
-        print(f"{kind:8} {r['gbps']:7.2f} Gbit/s  rtt avg {r['rtt_avg_ms']:.3f} ms", flush=True)
+        cpu = r.get("cpu_us_per_packet", "")
+        print(f"{kind:9} {r['gbps']:7.2f} Gbit/s  rtt avg {r['rtt_avg_ms']:.3f} ms  {cpu}", flush=True)
     base = results.get("vxlan", {}).get("gbps")
     ratios = {k: round(v["gbps"] / base, 3) for k, v in results.items()} if base else {}
     doc: Dict[str, Any] = {"what": "pod-to-pod TCP (iperf3, 1 stream) and ping across two namespace nodes",
                            "seconds": args.seconds, "runs": args.runs, "cpus": os.cpu_count(),
-                           "kernel": os.uname().release, "results": results, "throughput_vs_vxlan": ratios}
+                           "kernel": os.uname().release, "loadavg_at_end": os.getloadavg(),
+                           "results": results, "throughput_vs_vxlan": ratios}
     if args.profile:
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
         prefix = str(PROFILE_DIR / "udp")

@@ -4,8 +4,12 @@ large and tiny payloads, a 64 MB transfer (200 MB in ``make reliability``), repa
 from __future__ import annotations
 
 import json
+import os
 
-from tests.integration.udp_helpers import MTU, UDP, counters, drops, ping, python, transfer, udp_cluster
+import pytest
+
+from tests.integration.udp_helpers import (MODES, MTU, UDP, counters, drops, mode_of, ping, python, transfer,
+                                           udp_cluster)
 from tests.integration.test_daemon_backends import link_info
 
 
@@ -31,8 +35,9 @@ def connect_error(pod, ip: str) -> str:
     return python(pod, CONNECT, ip).strip()
 
 
-def test_udp_pods_reach_every_other_node_through_flannel0(make_node):
-    c = udp_cluster(make_node)
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_pods_reach_every_other_node_through_flannel0(make_node, mode):
+    c = udp_cluster(make_node, mode=mode)
     c.add_pods()
     for m in c.members:
         info = link_info(m.node, "flannel0")
@@ -43,6 +48,7 @@ def test_udp_pods_reach_every_other_node_through_flannel0(make_node):
         assert [(a["local"], a["prefixlen"]) for a in addrs] == [(f"10.244.{m.n}.0", 32)]
         assert routes(m.node, "flannel0") == [("10.244.0.0/16", None)]
         assert m.data == {"BackendType": ""}  # upstream's udp leases carry PublicIP only
+        assert mode_of(m) == mode, m.proc.log()
     pings = c.cross_pings()
     assert len(pings) == 6 and all(pings.values()), pings
     for m in c.members:  # 2 requests and 2 replies each way
@@ -82,12 +88,15 @@ def test_udp_payload_sizes_ttl_and_unreachable(make_node):
     assert ping(p1, ip2).returncode == 0
 
 
-def test_udp_tcp_transfer_arrives_intact(make_node):
-    c = udp_cluster(make_node, count=2)
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_tcp_transfer_arrives_intact(make_node, mode):
+    c = udp_cluster(make_node, count=2, mode=mode)
     c.add_pods()
     (p1, _), (p2, ips2) = c.members[0].pods[0], c.members[1].pods[0]
-    transfer(p1, p2, ips2[0], 64 << 20)
-    assert counters(c.members[0])["tun_to_udp"]["bytes"] > 64 << 20
+    size = int(os.environ.get("UDP_TRANSFER_MB", "32")) << 20  # make reliability: 200
+    transfer(p1, p2, ips2[0], size)
+    transfer(p2, p1, c.members[0].pods[0][1][0], 4 << 20, port=5002)  # and the other way
+    assert counters(c.members[0])["tun_to_udp"]["bytes"] > size
 
 
 def test_udp_flannel0_deleted_is_recreated_and_a_restart_resumes(make_node):

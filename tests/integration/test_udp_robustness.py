@@ -8,7 +8,9 @@ import sys
 
 from tests.harness import drivers
 from tests.integration.flannel_node import flannel_node
-from tests.integration.udp_helpers import MTU, counters, python, set_subnet_env, transfer, udp_cluster
+import pytest
+
+from tests.integration.udp_helpers import MODES, MTU, counters, python, set_subnet_env, transfer, udp_cluster
 
 # Datagrams sent to 198.18.0.1:8285.  argv: source address.  Prints nothing; raises on failure.
 GARBAGE = r"""
@@ -67,8 +69,9 @@ def delta(after, before):
     return {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before) if after.get(k, 0) != before.get(k, 0)}
 
 
-def test_udp_garbage_from_the_network_and_the_node_is_dropped_and_counted(make_node):
-    c = udp_cluster(make_node, count=2)
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_garbage_from_the_network_and_the_node_is_dropped_and_counted(make_node, mode):
+    c = udp_cluster(make_node, count=2, mode=mode)
     c.add_pods()
     n1, n2 = c.members
     (p1, ips1), (p2, ips2) = n1.pods[0], n2.pods[0]
@@ -123,8 +126,9 @@ while True:
 """
 
 
-def test_udp_interoperates_with_upstreams_wire_format(make_node):
-    c = udp_cluster(make_node, count=2)
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_interoperates_with_upstreams_wire_format(make_node, mode):
+    c = udp_cluster(make_node, count=2, mode=mode)
     n3 = make_node("n3", underlay=True)
     flannel_node(n3)
     set_subnet_env(n3, 3)

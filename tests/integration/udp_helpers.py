@@ -1,18 +1,57 @@
 """Shared by the udp backend's integration tests: a Cluster of udp nodes, counters, pod tools."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from tests.harness.netns import Node, Pod
+from tests.harness.plugins import REPO_ROOT
+from tests.integration import test_daemon_backends as tdb
 from tests.integration.test_daemon_backends import NETWORK, Cluster
 
 UDP = {"Type": "udp"}
 MTU = 1472  # underlay 1500 - 28
 
 
-def udp_cluster(make_node: Any, count: int = 3, **kwargs: Any) -> Cluster:
-    c = Cluster(make_node, UDP, count=count, **kwargs)
+# The forwarder's two paths: TSO from flannel0 + UDP GSO/GRO where the kernel has them (this
+# one does), and the plain path every kernel has.
+MODES = {"offload": {}, "plain": {"FLANNELD_UDP_OFFLOAD": "0"}}
+
+
+class EnvBackendProc(tdb.BackendProc):
+    """test_daemon_backends' driver process with extra environment (the forwarder's switches)."""
+
+    def __init__(self, node: Node, backend: Dict[str, Any], networks: Tuple[str, ...],
+                 extra_env: Dict[str, str]) -> None:
+        self.node = node
+        self.log_path = f"{node.lab.run_dir}/{node.name}-backend.log"
+        argv = [sys.executable, "-m", "cni_flannel.daemon.backends", "--backend", json.dumps(backend)]
+        for net in networks:
+            argv += ["--network", net]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT), **extra_env}
+        self._log = open(self.log_path, "w")
+        self.proc = node.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                               env=env, text=True)
+        node.lab.add_finalizer(self.stop)
+
+    def finish(self) -> None:
+        """End as the daemon does on SIGTERM-less shutdown: stdin closed, backend closed."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def udp_cluster(make_node: Any, count: int = 3, mode: str = "offload", **kwargs: Any) -> Cluster:
+    env = MODES[mode]
+    orig = tdb.BackendProc
+    tdb.BackendProc = lambda node, backend, nets: EnvBackendProc(node, backend, nets, env)  # type: ignore
+    try:
+        c = Cluster(make_node, UDP, count=count, **kwargs)
+    finally:
+        tdb.BackendProc = orig
     for m in c.members:  # the Cluster writes vxlan's/host-gw's MTU; the udp one is 1472
         set_subnet_env(m.node, m.n)
     return c
@@ -21,6 +60,12 @@ def udp_cluster(make_node: Any, count: int = 3, **kwargs: Any) -> Cluster:
 def set_subnet_env(node: Node, n: int) -> None:
     node.write_file("/run/flannel/subnet.env", f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET=10.244.{n}.1/24\n"
                     f"FLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n")
+
+
+def mode_of(member: Any) -> str:
+    """Which path the node's forwarder took, from its log line."""
+    text = member.proc.log()
+    return "offload" if "offloads: TSO from flannel0" in text else "plain" if "plain path" in text else "?"
 
 
 def counters(member: Any) -> Dict[str, Any]:

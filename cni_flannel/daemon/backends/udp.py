@@ -26,7 +26,9 @@ from cni_flannel.daemon.backends.base import Backend, Refusal
 from cni_flannel.daemon.backends.plan import RouteEntry, State
 from cni_flannel.daemon.errors import BackendError
 from cni_flannel.daemon.lease import Lease, LeaseAttrs
+from cni_flannel.daemon.udp.fastpath import OffloadForwarder, probe_socket
 from cni_flannel.daemon.udp.forwarder import Forwarder
+from cni_flannel.daemon.udp.offload import SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, UDP_GRO
 from cni_flannel.daemon.udp.routes import PeerTable
 from cni_flannel.net.errors import NetFailure
 from cni_flannel.net.tun import open_tun
@@ -38,6 +40,7 @@ DEVICE = "flannel0"
 DEFAULT_PORT = 8285
 OVERHEAD = 28          # outer IPv4 20 + UDP 8
 ACCEPTED_TYPES = ("udp", "")  # upstream's udp leases carry no BackendType
+OFFLOAD_ENV = "FLANNELD_UDP_OFFLOAD"  # "0": the plain path even where the kernel has offloads
 
 
 class UdpBackend(Backend):
@@ -54,6 +57,7 @@ class UdpBackend(Backend):
         self.link: Optional[Link] = None
         self.sock: Optional[socket.socket] = None
         self.forwarder: Optional[Forwarder] = None
+        self.offload = False  # TSO from flannel0 + UDP GSO/GRO (decided in setup)
 
     # --- setup ---------------------------------------------------------------------------
     def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None) -> LeaseAttrs:
@@ -80,23 +84,29 @@ class UdpBackend(Backend):
         assert side is not None
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            _set_buffers(sock, 4 << 20)
             sock.bind((side.public_ip, self.port))
         except OSError as exc:
             sock.close()
             raise BackendError(f"udp backend: cannot listen on {side.public_ip}:{self.port}: "
                                f"{exc.strerror or exc}") from None
+        why_not = "switched off (FLANNELD_UDP_OFFLOAD=0)" if os.environ.get(OFFLOAD_ENV) == "0" else probe_socket(sock)
+        self.offload = gro_on = not why_not
         try:  # the socket first: a port in use leaves no flannel0 behind
             self._ensure_devices()
         except Exception:
             sock.close()
             raise
+        if gro_on and not self.offload:  # flannel0 could not take offloads after all
+            sock.setsockopt(SOL_UDP, UDP_GRO, 0)
+            why_not = "unavailable on TUN devices here"
         self.sock = sock
-        self.forwarder = Forwarder(self.tun_fd, sock, self._table(), str(side.subnet), self.mtu)
+        cls = OffloadForwarder if self.offload else Forwarder
+        self.forwarder = cls(self.tun_fd, sock, self._table(), str(side.subnet), self.mtu)
         self.forwarder.start()
-        log.info("udp: flannel0 up (%s, MTU %d), listening on %s:%d", self.address, self.mtu,
-                 side.public_ip, self.port)
+        log.info("udp: flannel0 up (%s, MTU %d), listening on %s:%d; %s", self.address, self.mtu,
+                 side.public_ip, self.port, "offloads: TSO from flannel0, UDP GSO/GRO" if self.offload
+                 else f"plain path (offloads {why_not or 'unavailable'})")
         return {"BackendType": ""}  # upstream's udp writes PublicIP only
 
     @property
@@ -127,7 +137,7 @@ class UdpBackend(Backend):
 
     def _open_tun(self) -> int:
         try:
-            return open_tun(DEVICE)
+            return self._open_tun_once()
         except NetFailure as exc:
             # flannel0 exists but is no TUN we can attach to (another kind of link, or a
             # TUN held by a dead daemon's leftover process): replace it once.
@@ -135,7 +145,18 @@ class UdpBackend(Backend):
                 raise
             log.warning("udp: %s; deleting the existing %s and creating it again", exc.msg, DEVICE)
             self.h.delete_link(DEVICE)
-            return open_tun(DEVICE)
+            return self._open_tun_once()
+
+    def _open_tun_once(self) -> int:
+        if self.offload:
+            try:
+                return open_tun(DEVICE, vnet_hdr=True, offload=TUN_F_CSUM | TUN_F_TSO4)
+            except NetFailure as exc:
+                if self.forwarder is not None or self.h.find_link(DEVICE) is not None:
+                    raise  # running loops expect virtio headers; an existing link: replace it
+                log.warning("udp: %s: TUN offloads unavailable, using the plain path", exc.msg)
+                self.offload = False
+        return open_tun(DEVICE)
 
     def _configure(self, link: Link) -> Link:
         h = self.h
@@ -151,8 +172,16 @@ class UdpBackend(Backend):
             h.set_up(link.index)
         # Our ICMP net-unreachable answers come from flannel0's own address; without
         # accept_local the kernel drops them as martians (upstream's answers never arrive).
-        if h.sysctl_get(f"net/ipv4/conf/{DEVICE}/accept_local").strip() != "1":
-            h.sysctl_set(f"net/ipv4/conf/{DEVICE}/accept_local", "1")
+        # The device carries IPv4 only; the kernel's own IPv6 chatter on it (router
+        # solicitations, MLD) would only be counted as drops.
+        for key in (f"net/ipv4/conf/{DEVICE}/accept_local", f"net/ipv6/conf/{DEVICE}/disable_ipv6"):
+            try:
+                if h.sysctl_get(key).strip() != "1":
+                    h.sysctl_set(key, "1")
+            except (OSError, NetFailure) as exc:  # no IPv6 in this kernel: nothing to silence
+                if "ipv4" in key:
+                    raise
+                log.debug("%s: %s", key, exc)
         return h.link(link.index)
 
     def _devices_intact(self) -> bool:
@@ -219,6 +248,16 @@ class UdpBackend(Backend):
 
     def counters(self) -> Dict[str, Any]:
         return self.forwarder.counters.as_dict() if self.forwarder else {}
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    """Socket buffers of ``size`` (a burst of peers' packets must not overflow while the
+    receiving thread waits for a CPU); the FORCE options pass net.core.[rw]mem_max as root."""
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def _close(fd: int) -> None:

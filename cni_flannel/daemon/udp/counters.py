@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
-Sample = Tuple[str, Dict[str, str], int]
+Sample = Tuple[str, Dict[str, str], float]
 
 # Drop reasons beyond packet.REASONS
 UNKNOWN_SOURCE = "unknown_source"   # datagram from an address that is no peer's PublicIP
@@ -28,12 +28,14 @@ class Direction:
         self.packets = 0
         self.bytes = 0
         self.wakeups = 0
+        self.cpu_seconds = 0.0  # the thread's CPU time so far (time.thread_time)
         self.drops: Dict[str, int] = {}
 
-    def add(self, packets: int, nbytes: int, drops: Dict[str, int]) -> None:
+    def add(self, packets: int, nbytes: int, drops: Dict[str, int], cpu: float = 0.0) -> None:
         self.packets += packets
         self.bytes += nbytes
         self.wakeups += 1
+        self.cpu_seconds = cpu
         for reason, n in drops.items():
             self.drops[reason] = self.drops.get(reason, 0) + n
 
@@ -41,7 +43,8 @@ class Direction:
         d = {"direction": self.name}
         out: List[Sample] = [("flannel_udp_packets_total", d, self.packets),
                              ("flannel_udp_bytes_total", d, self.bytes),
-                             ("flannel_udp_wakeups_total", d, self.wakeups)]
+                             ("flannel_udp_wakeups_total", d, self.wakeups),
+                             ("flannel_udp_cpu_seconds_total", d, self.cpu_seconds)]
         out += [("flannel_udp_drops_total", {**d, "reason": r}, n) for r, n in sorted(self.drops.items())]
         return out
 
@@ -60,7 +63,7 @@ class Counters:
 
     def as_dict(self) -> Dict[str, Dict[str, object]]:
         return {d.name: {"packets": d.packets, "bytes": d.bytes, "wakeups": d.wakeups,
-                         "drops": dict(d.drops)} for d in (self.tun_to_udp, self.udp_to_tun)}
+                         "cpu_seconds": round(d.cpu_seconds, 3), "drops": dict(d.drops)} for d in (self.tun_to_udp, self.udp_to_tun)}
 
     def summary(self) -> str:
         return f"{self.tun_to_udp.summary()}; {self.udp_to_tun.summary()}"

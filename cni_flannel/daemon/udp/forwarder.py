@@ -37,6 +37,8 @@ from cni_flannel.daemon.udp.routes import PeerTable
 log = logging.getLogger("cni_flannel.daemon.udp")
 
 PROFILE_ENV = "CNI_FLANNEL_UDP_PROFILE"  # bench/udp: cProfile each loop into <value>.<thread>
+NICE_ENV = "FLANNELD_UDP_NICE"
+DATA_PLANE_NICE = -10
 BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole and counted
 LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
 _GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
@@ -103,6 +105,7 @@ class Forwarder:
         mv = memoryview(buf)
         bufs = [buf]
         readv, sendto = os.readv, self.sock.sendto
+        thread_time = time.thread_time
         stats = self.counters.tun_to_udp
         next_log = time.monotonic() + LOG_EVERY
         fd = -1
@@ -160,7 +163,7 @@ class Forwarder:
                     continue
                 packets += 1
                 nbytes += n
-            stats.add(packets, nbytes, drops)
+            stats.add(packets, nbytes, drops, thread_time())
 
     # --- peers -> flannel0 ---------------------------------------------------------------
     def _udp_to_tun(self) -> None:
@@ -170,6 +173,7 @@ class Forwarder:
         write = os.write
         dontwait = socket.MSG_DONTWAIT
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
+        thread_time = time.thread_time
         stats = self.counters.udp_to_tun
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
@@ -212,22 +216,39 @@ class Forwarder:
                     continue
                 packets += 1
                 nbytes += n
-            stats.add(packets, nbytes, drops)
+            stats.add(packets, nbytes, drops, thread_time())
 
 
 def _profiled(target: Callable[[], None], name: str) -> Callable[[], None]:
     path = os.environ.get(PROFILE_ENV)
+
+    def prioritized() -> None:
+        _raise_priority(name)
+        target()
+
     if not path:
-        return target
+        return prioritized
 
     def run() -> None:
+        _raise_priority(name)
         import cProfile
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.thread_time)  # CPU time: waiting for a CPU is not work
         try:
             prof.runcall(target)
         finally:
             prof.dump_stats(f"{path}.{name}")
     return run
+
+
+def _raise_priority(name: str) -> None:
+    """Run the forwarding thread at nice DATA_PLANE_NICE: vxlan's and host-gw's data planes run
+    in softirq context, ahead of every process; a userspace data plane left at nice 0 gets a
+    busy node's leftovers and queues pods' packets for tens of milliseconds."""
+    nice = int(os.environ.get(NICE_ENV, DATA_PLANE_NICE))
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:  # no CAP_SYS_NICE: run at the daemon's priority
+        log.info("udp forwarder %s: cannot set nice %d (%s)", name, nice, exc.strerror)
 
 
 def _write_quietly(fd: int, data: bytes) -> None:
