@@ -118,3 +118,29 @@ def test_peer_table_longest_prefix_and_network():
     assert not t.in_network(n("10.245.0.1")) and t.lookup(n("10.245.2.1")) is None
     assert t.sources == {"198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.5"} and len(t) == 4
     assert PeerTable("10.244.0.0/16").lookup(n("10.244.2.1")) is None
+
+
+def test_counters_export_to_prometheus():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from cni_flannel.daemon.udp import counters as C
+    c = C.Counters()
+    c.tun_to_udp.add(5, 700, {"short": 2}, 0.25)
+    c.udp_to_tun.add(3, 300, {}, 0.0)
+    c.udp_to_tun.add(1, 100, {"unknown_source": 4}, 0.5)
+    registry = CollectorRegistry()
+    assert C.Collector(lambda: c).collect  # the class itself, registered on a private registry:
+    registry.register(C.Collector(lambda: c))
+    text = generate_latest(registry).decode()
+    for line in ('flannel_udp_packets_total{direction="tun_to_udp"} 5.0',
+                 'flannel_udp_packets_total{direction="udp_to_tun"} 4.0',
+                 'flannel_udp_bytes_total{direction="udp_to_tun"} 400.0',
+                 'flannel_udp_wakeups_total{direction="udp_to_tun"} 2.0',
+                 'flannel_udp_cpu_seconds_total{direction="udp_to_tun"} 0.5',
+                 'flannel_udp_drops_total{direction="tun_to_udp",reason="short"} 2.0',
+                 'flannel_udp_drops_total{direction="udp_to_tun",reason="unknown_source"} 4.0'):
+        assert line in text, text
+    assert "tun_to_udp: 5 packets, 700 bytes; dropped: short 2" in c.summary()
+    empty = CollectorRegistry()
+    empty.register(C.Collector(lambda: None))
+    assert "flannel_udp" not in generate_latest(empty).decode()

@@ -26,6 +26,7 @@ from cni_flannel.daemon.backends.base import Backend, Refusal
 from cni_flannel.daemon.backends.plan import RouteEntry, State
 from cni_flannel.daemon.errors import BackendError
 from cni_flannel.daemon.lease import Lease, LeaseAttrs
+from cni_flannel.daemon.udp import counters
 from cni_flannel.daemon.udp.fastpath import OffloadForwarder, probe_socket
 from cni_flannel.daemon.udp.forwarder import Forwarder
 from cni_flannel.daemon.udp.offload import SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, UDP_GRO
@@ -60,7 +61,8 @@ class UdpBackend(Backend):
         self.offload = False  # TSO from flannel0 + UDP GSO/GRO (decided in setup)
 
     # --- setup ---------------------------------------------------------------------------
-    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None) -> LeaseAttrs:
+    def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None,
+                    previous: Optional[LeaseAttrs] = None) -> LeaseAttrs:
         """PublicIP only, byte for byte what upstream's udp backend leases with."""
         return LeaseAttrs(public_ip=public_ip)
 
@@ -104,6 +106,7 @@ class UdpBackend(Backend):
         cls = OffloadForwarder if self.offload else Forwarder
         self.forwarder = cls(self.tun_fd, sock, self._table(), str(side.subnet), self.mtu)
         self.forwarder.start()
+        counters.register(lambda: self.forwarder.counters if self.forwarder else None)
         log.info("udp: flannel0 up (%s, MTU %d), listening on %s:%d; %s", self.address, self.mtu,
                  side.public_ip, self.port, "offloads: TSO from flannel0, UDP GSO/GRO" if self.offload
                  else f"plain path (offloads {why_not or 'unavailable'})")

@@ -7,7 +7,7 @@ Prometheus-shaped samples: (name, labels, value).
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 Sample = Tuple[str, Dict[str, str], float]
 
@@ -67,3 +67,50 @@ class Counters:
 
     def summary(self) -> str:
         return f"{self.tun_to_udp.summary()}; {self.udp_to_tun.summary()}"
+
+
+HELP = {"flannel_udp_packets_total": "Packets the udp backend forwarded",
+        "flannel_udp_bytes_total": "Bytes (inner IP packets) the udp backend forwarded",
+        "flannel_udp_wakeups_total": "Times a forwarding thread woke up (packets per wakeup = batching)",
+        "flannel_udp_cpu_seconds_total": "CPU time of a forwarding thread",
+        "flannel_udp_drops_total": "Packets the udp backend dropped, by reason"}
+
+
+class Collector:
+    """A prometheus_client collector over the live forwarder's counters (None: no samples)."""
+
+    def __init__(self, source: "Callable[[], Optional[Counters]]") -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+        counters = self.source()
+        if counters is None:
+            return
+        families: Dict[str, Any] = {}
+        for name, labels, value in counters.export():
+            fam = families.get(name)
+            if fam is None:
+                fam = families[name] = CounterMetricFamily(name[:-len("_total")], HELP[name], labels=sorted(labels))
+            fam.add_metric([labels[k] for k in sorted(labels)], value)
+        yield from families.values()
+
+
+_registered: List[Any] = []
+
+
+def register(source: "Callable[[], Optional[Counters]]", registry: Any = None) -> bool:
+    """Serve the counters on the daemon's /metrics (once per process; the latest source wins)."""
+    if _registered:
+        _registered[0].source = source
+        return True
+    try:
+        if registry is None:
+            from cni_flannel.daemon.metrics import METRICS
+            registry = METRICS.registry
+        collector = Collector(source)
+        registry.register(collector)
+    except ImportError:  # no prometheus_client: the log line still carries the counters
+        return False
+    _registered.append(collector)
+    return True
