@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from typing import Any, List
 
@@ -10,7 +12,7 @@ import pytest
 from cni_flannel.daemon.errors import ConfigError, StoreError, StoreUnavailable
 from cni_flannel.daemon.etcd import Clock, EtcdOptions, EtcdSubnetManager
 from cni_flannel.daemon.manager import ADDED, REMOVED
-from tests.harness.etcd import CertSet, etcd, etcd_factory, free_port, wait_for  # noqa: F401 (fixtures)
+from tests.harness.etcd import CertSet, EtcdError, EtcdServer, etcd, etcd_factory, free_port, wait_for  # noqa: F401
 from tests.integration.etcd_manager import CONFIG, NET, SUBNETS, attrs, close_managers, manager, \
     subnet_keys, watches  # noqa: F401 (fixtures)
 
@@ -242,3 +244,27 @@ def test_missing_config_key_is_a_config_error_naming_the_key_after_retries(etcd)
     with pytest.raises(ConfigError, match="etcd key /coreos.com/network/config"):
         m.network_config()
     m.close()
+
+
+# --- the harness itself -------------------------------------------------------------------
+
+def test_harness_etcd_start_failure_raises_and_close_removes_everything():
+    server = EtcdServer()
+    try:
+        base, pid = server.base, server.proc.pid
+        server.stop()
+        with socket.socket() as taken:  # its port is busy now: the restart must fail loudly
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", server.client_port))
+            taken.listen()
+            with pytest.raises(EtcdError, match="exited"):
+                server.start(timeout=10)
+        server.start()
+        assert server.get(CONFIG) is None
+    finally:
+        server.close()
+    assert not base.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(AssertionError, match="timed out after 0.1s waiting for nothing"):
+        wait_for(lambda: False, 0.1, "nothing")
