@@ -113,7 +113,8 @@ def test_malformed_peer_values_are_skipped_with_a_log_line(kv, caplog):
 def test_batch_keeps_order_and_resumes_after_the_last_event_revision():
     msgs = [parse_watch_line(line({"header": {"revision": "30"}, "events": [
                 put_event(SUBNETS + "10.244.1.0-24", VALUE, 11), put_event(SUBNETS + "bad", VALUE, 12)]})),
-            parse_watch_line(line({"header": {"revision": "30"}, "events": [delete_event(SUBNETS + "10.244.1.0-24", 13)]}))]
+            parse_watch_line(line({"header": {"revision": "30"},
+                                   "events": [delete_event(SUBNETS + "10.244.1.0-24", 13)]}))]
     batch = build_batch(msgs, resume=5)
     assert [(e.type, str(e.lease.subnet)) for e in batch.events] == [(ADDED, "10.244.1.0/24"),
                                                                      (REMOVED, "10.244.1.0/24")]
@@ -198,7 +199,8 @@ def test_requests_error_chains_are_shortened():
                 "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
                 "unable to get local issuer certificate (_ssl.c:992)')))")
     assert tls_reason(Exception(ssl_text)) == "certificate verify failed: unable to get local issuer certificate"
-    eof = "Max retries exceeded (Caused by SSLError(SSLZeroReturnError(6, 'TLS/SSL connection has been closed (EOF) (_ssl.c:992)')))"
+    eof = ("Max retries exceeded (Caused by SSLError(SSLZeroReturnError(6, 'TLS/SSL connection has been closed "
+           "(EOF) (_ssl.c:992)')))")
     assert tls_reason(Exception(eof)) == "TLS/SSL connection has been closed (EOF) (does this endpoint speak https?)"
     reset = "('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))"
     assert connection_reason(Exception(reset)) == "Connection reset by peer"

@@ -112,7 +112,8 @@ class EtcdOptions:
         try:
             ctx = ssl.create_default_context(cafile=self.cafile or None)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise StoreError(f"--etcd-cafile={self.cafile} holds no usable CA certificate: {_ssl_reason(exc)}") from None
+            raise StoreError(f"--etcd-cafile={self.cafile} holds no usable CA certificate: "
+                             f"{_ssl_reason(exc)}") from None
         if self.certfile:
             try:
                 ctx.load_cert_chain(self.certfile, self.keyfile)
