@@ -3,9 +3,11 @@ translation, options, and the acquire/renew decisions over an in-memory store (n
 from __future__ import annotations
 
 import base64
+import http.server
 import ipaddress
 import json
 import queue
+import re
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -432,3 +434,51 @@ def test_renew_never_recreates_a_key_deleted_between_its_read_and_its_write():
     with pytest.raises(LeaseRevoked, match="disappeared from etcd while renewing"):
         m.renew_lease(lease)
     assert not any(k.startswith(SUBNETS) for k in store.kv)
+
+
+# --- answers that are not etcd's (a proxy, a wrong port) -------------------------------------
+
+class NotEtcd(http.server.BaseHTTPRequestHandler):
+    answers: Dict[str, Tuple[int, bytes]] = {}
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, body = self.answers.get(self.path, (404, b"404 page not found"))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def not_etcd():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotEtcd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    NotEtcd.answers = {}
+
+
+@pytest.mark.parametrize("answers,words", [
+    ({}, "answered HTTP 404 ('404 page not found'): is this etcd's v3 API"),
+    ({"/version": (200, b'{"etcdserver":"3.4.23"}'), "/v3/kv/range": (200, b"<html>hello</html>")},
+     "something that is not JSON"),
+    ({"/version": (200, b'{"etcdserver":"3.4.23"}'), "/v3/kv/range": (200, b'{"header":{"revision":"x"}}')},
+     "unexpected answer"),
+    ({"/version": (200, b'{"etcdserver":"3.4.23"}'), "/v3/kv/range": (200, b'[1, 2]')}, "unexpected answer"),
+    ({"/version": (200, b'{"nope":1}')}, "Malformed response from version API"),
+])
+def test_answers_that_are_not_etcds_are_one_store_error(not_etcd, answers, words):
+    NotEtcd.answers = answers
+    m = EtcdSubnetManager(EtcdOptions(endpoints=[f"http://127.0.0.1:{not_etcd.server_port}"]), clock=FixedClock())
+    with pytest.raises(StoreError, match=re.escape(words)) as info:
+        m.network_config()
+    assert not isinstance(info.value, StoreUnavailable)

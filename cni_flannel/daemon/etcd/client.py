@@ -17,6 +17,7 @@ password, permission) are StoreError at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from ..errors import DaemonError, StoreError, StoreUnavailable
 from .options import Clock, Endpoint, EtcdOptions
-from .records import KeyValue, b64, backoff, parse_range, prefix_range_end
+from .records import GatewayFormatError, KeyValue, b64, backoff, parse_range, prefix_range_end
 
 log = logging.getLogger("cni_flannel.daemon.etcd")
 T = TypeVar("T")
@@ -93,6 +94,12 @@ def connection_reason(exc: BaseException) -> str:
     return text[:200]
 
 
+def _library_error() -> Any:
+    from etcd3gw.exceptions import Etcd3Exception
+    return Etcd3Exception
+
+
+@functools.lru_cache(maxsize=None)
 def _gateway_class() -> Any:
     """etcd3gw's client with our request hook (imported lazily: only flanneld needs it)."""
     import requests
@@ -116,6 +123,8 @@ def _gateway_class() -> Any:
                                  f"--etcd-certfile and --etcd-keyfile)") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 raise StoreUnavailable(f"cannot reach etcd at {self.endpoint}: {connection_reason(exc)}") from None
+            except requests.exceptions.RequestException as exc:
+                raise StoreError(f"request to etcd at {self.endpoint} failed: {exc}") from None
             if resp.status_code != 200:
                 raise translate(resp.status_code, resp.text, self.endpoint, self.username)
             try:
@@ -234,6 +243,13 @@ class EtcdClient:
             except StoreError:
                 self.record_failure(what)
                 raise
+            except (GatewayFormatError, AttributeError, KeyError, TypeError, ValueError) as exc:
+                self.record_failure(what)
+                raise StoreError(f"etcd {what}: unexpected answer from {gw.endpoint}: {exc!r}") from None
+            except _library_error() as exc:  # etcd3gw's own checks (API version discovery)
+                self.record_failure(what)
+                detail = getattr(exc, "detail_text", None) or str(exc) or type(exc).__name__
+                raise StoreError(f"etcd {what}: {gw.endpoint}: {detail}: is this etcd (3.4 or later)?") from None
         raise StoreUnavailable(f"etcd {what} failed {tries} times: {last}")
 
     # --- operations ----------------------------------------------------------------------
@@ -243,19 +259,18 @@ class EtcdClient:
         body: Dict[str, Any] = {"key": b64(key)}
         if prefix:
             body["range_end"] = b64(prefix_range_end(key))
-        return parse_range(self.call(f"read of {key}", lambda gw: gw.post(gw.get_url("/kv/range"), json=body),
-                                     attempts))
+        return self.call(f"read of {key}", lambda gw: parse_range(gw.post(gw.get_url("/kv/range"), json=body)),
+                         attempts)
 
     def grant(self, ttl: int) -> int:
         """A new etcd lease of ``ttl`` seconds; its ID."""
-        return int(self.call("lease grant", lambda gw: gw.post(gw.get_url("/lease/grant"),
-                                                               json={"TTL": ttl, "ID": 0}))["ID"])
+        return self.call("lease grant", lambda gw: int(gw.post(gw.get_url("/lease/grant"),
+                                                               json={"TTL": ttl, "ID": 0})["ID"]))
 
     def time_to_live(self, lease_id: int, attempts: Optional[int] = None) -> int:
         """Seconds the etcd lease has left; -1 when it is gone."""
-        resp = self.call("lease lookup", lambda gw: gw.post(gw.get_url("/kv/lease/timetolive"),
-                                                            json={"ID": lease_id}), attempts)
-        return int(resp.get("TTL", -1))
+        return self.call("lease lookup", lambda gw: int(gw.post(gw.get_url("/kv/lease/timetolive"),
+                                                                json={"ID": lease_id}).get("TTL", -1)), attempts)
 
     def revoke(self, lease_id: int) -> None:
         try:
