@@ -64,3 +64,27 @@ def test_udp_daemon_three_nodes_metrics_repair_and_restart(make_node, etcd_facto
     daemons[1].start().ready()
     wait_until(lambda: pods[0][0].ping(pods[1][1]) and pods[1][0].ping(pods[2][1]), 10, "traffic after the restart")
     assert "Traceback" not in "".join(d.log() for d in daemons)
+
+
+def test_udp_daemon_kube_mode_as_the_daemonset(lab, make_node):
+    from tests.integration.kube_cluster import KubeCluster, ping_ttl
+    from tests.integration.kube_cluster import subnet_env as kube_env
+    cidrs = {"n1": ["10.244.0.0/24"], "n2": ["10.244.1.0/24"], "n3": ["10.244.2.0/24"]}
+    c = KubeCluster(lab, make_node, list(cidrs), cidrs,
+                    net_conf='{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}')
+    for name in c.nodes:
+        c.start(name)
+    for name in c.nodes:
+        c.wait_ready(name)
+    pods = {}
+    for name, node in c.nodes.items():
+        assert kube_env(node)["FLANNEL_MTU"] == str(MTU)
+        # upstream's udp node annotations: no backend type, null backend data
+        assert c.annotations(name) == {"backend-type": "", "backend-data": "null", "kube-subnet-manager": "true",
+                                       "public-ip": node.underlay_ip}
+        pod = node.add_pod("p1")
+        pods[name] = (pod, drivers.libcni(node, "add", "cbr0", pod, cid=f"{name}-p1")["ips"][0]["address"].split("/")[0])
+    for a, (pa, _) in pods.items():
+        for b, (_, ip) in pods.items():
+            if a != b:
+                wait_until(lambda pa=pa, ip=ip: ping_ttl(pa, ip) == 60, 10, f"{a} -> {b} ({ip}) over udp")
