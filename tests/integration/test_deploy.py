@@ -188,7 +188,10 @@ def test_daemonset_shape(docs, pod_spec) -> None:
     assert agent["command"] + agent["args"] == [f"{IMAGE_HOME}/dist/cni/flannel", "agent", "--socket",
                                                 "/run/flannel/cni-agent.sock"]
     assert agent["securityContext"]["privileged"] is True  # setns() into the caller's namespaces
-    assert main["command"] + main["args"] == ["/opt/cni-flannel/flanneld", "--ip-masq", "--kube-subnet-mgr"]
+    assert main["command"] + main["args"] == ["/opt/bin/flanneld", "--ip-masq", "--kube-subnet-mgr",
+                                              "--healthz-port=8081"]
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8081}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8081}
     assert {e["name"] for e in main["env"]} >= {"POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
 
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
