@@ -482,3 +482,87 @@ def test_answers_that_are_not_etcds_are_one_store_error(not_etcd, answers, words
     with pytest.raises(StoreError, match=re.escape(words)) as info:
         m.network_config()
     assert not isinstance(info.value, StoreUnavailable)
+
+
+# --- the watcher's loop, over a scripted client ----------------------------------------------
+
+class ScriptedStream:
+    def __init__(self, lines: List[bytes]) -> None:
+        self._lines, self.closed, self.endpoint = lines, False, "http://scripted:2379"
+        self._done = threading.Event()
+
+    def lines(self):
+        yield from self._lines
+        self._done.wait(10)  # then silent until closed
+
+    def close(self) -> None:
+        self.closed = True
+        self._done.set()
+
+
+class ScriptedClient:
+    """range() and watch() answer from scripts; an Exception in a script is raised."""
+
+    def __init__(self, ranges: List[Any], streams: List[Any]) -> None:
+        self.ranges, self.streams = ranges, streams
+        self.options, self.clock = EtcdOptions(), FixedClock()
+        self.watched_from: List[int] = []
+        self.failed: List[str] = []
+
+    def range(self, key: str, prefix: bool = False, attempts: Optional[int] = None):
+        step = self.ranges.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def watch(self, prefix: str, start_revision: int):
+        self.watched_from.append(start_revision)
+        step = self.streams.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def record_failure(self, what: str) -> None:
+        self.failed.append(what)
+
+    def forget_token(self) -> None:
+        pass
+
+
+def test_watcher_survives_a_library_surprise_and_resumes_after_the_last_event(caplog):
+    from cni_flannel.daemon.etcd.watch import LeaseWatcher
+
+    stop = threading.Event()
+    got: List[Any] = []
+    first = ScriptedStream([line({"header": {"revision": "7"}, "created": True}),
+                            line({"header": {"revision": "9"},
+                                  "events": [put_event(SUBNETS + "10.244.4.0-24", VALUE, 9)]}),
+                            b'{"error":{"message":"transport is closing"}}'])
+    second = ScriptedStream([line({"events": [delete_event(SUBNETS + "10.244.4.0-24", 10)]})])
+    client = ScriptedClient([RuntimeError("boom"), ([], 6)], [first, StoreUnavailable("refused"), second])
+
+    def sink(batch: Any) -> None:
+        got.append(batch)
+        if len(got) == 3:
+            stop.set()
+
+    watcher = LeaseWatcher(client, SUBNETS, sink, stop)  # type: ignore[arg-type]
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert got[0].leases == [] and [e.type for e in got[1]] == [ADDED] and [e.type for e in got[2]] == [REMOVED]
+    assert client.watched_from == [7, 10, 10]  # after the list at 6; then one past the last event
+    assert "unexpected RuntimeError('boom')" in caplog.text and "transport is closing" in caplog.text
+    assert client.failed == ["watch"]  # the stream's end (failed opens/lists are the client's to count)
+
+
+def test_a_failing_sink_leaves_watch_leases_with_its_own_error():
+    from cni_flannel.daemon.etcd.watch import LeaseWatcher
+
+    def sink(batch: Any) -> None:
+        raise KeyError("main loop bug")
+
+    client = ScriptedClient([([], 3)], [])
+    with pytest.raises(KeyError, match="main loop bug"):
+        LeaseWatcher(client, SUBNETS, sink, threading.Event()).run()  # type: ignore[arg-type]

@@ -299,6 +299,9 @@ class EtcdClient:
             if isinstance(exc, StoreUnavailable):
                 self._next_endpoint()
             raise
+        except (GatewayFormatError, AttributeError, KeyError, TypeError, ValueError, _library_error()) as exc:
+            self.record_failure("watch")
+            raise StoreError(f"etcd watch: unexpected answer from {gw.endpoint}: {exc!r}") from None
 
     def forget_token(self) -> None:
         """etcd said our token is invalid (on a watch): log in again next time."""
@@ -329,6 +332,8 @@ class WatchStream:
             raise StoreError(f"TLS with etcd at {gw.endpoint} failed: {tls_reason(exc)}") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise StoreUnavailable(f"cannot reach etcd at {gw.endpoint}: {connection_reason(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise StoreError(f"watch request to etcd at {gw.endpoint} failed: {exc}") from None
         if self._resp.status_code != 200:
             text = self._resp.text
             self._resp.close()

@@ -34,6 +34,10 @@ BATCH_MAX_MESSAGES = 1000
 POLL = 0.25  # how often a waiting watcher looks at ``stop``
 
 
+class _SinkFailed(Exception):
+    """The sink (the main loop) raised: its exception leaves watch_leases as it is."""
+
+
 class LeaseWatcher:
     def __init__(self, client: EtcdClient, prefix: str, sink: Sink, stop: threading.Event,
                  expiry: Optional[TtlLookup] = None) -> None:
@@ -54,8 +58,18 @@ class LeaseWatcher:
                 self._watch_once()
             except IdleTimeout:
                 log.debug("etcd watch of %s idle: re-opening it from revision %d", self.prefix, self.resume)
+            except _SinkFailed as exc:
+                raise exc.args[0]  # the main loop's own failure: not ours to retry
             except DaemonError as exc:
                 self._wait_after(exc)
+            except Exception as exc:  # a bug or a library surprise: the watch must go on, not die silently
+                self._wait_after(StoreError(f"unexpected {exc!r}"))
+
+    def _deliver(self, batch: Any) -> None:
+        try:
+            self.sink(batch)
+        except Exception as exc:
+            raise _SinkFailed(exc) from exc
 
     def _wait_after(self, exc: BaseException) -> None:
         delay = backoff(self.failures, 0.1, self.client.options.backoff_cap)
@@ -66,7 +80,7 @@ class LeaseWatcher:
 
     def _list(self) -> None:
         kvs, revision = self.client.range(self.prefix, prefix=True, attempts=1)
-        self.sink(Snapshot(leases_from_kvs(kvs, self.expiry)))
+        self._deliver(Snapshot(leases_from_kvs(kvs, self.expiry)))
         self.snapshots += 1
         self.resume = revision + 1
         self.failures = 0
@@ -100,9 +114,9 @@ class LeaseWatcher:
                 end = StoreError(str(exc))
                 break
         batch = build_batch(messages, self.resume, self.expiry)
-        self.resume = batch.resume
         if batch.events:
-            self.sink(batch.events)
+            self._deliver(batch.events)
+        self.resume = batch.resume  # only once delivered
         if messages and not (batch.canceled or batch.ended):
             self.failures = 0  # the stream works
         if batch.compacted:
