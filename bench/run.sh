@@ -4,6 +4,8 @@
 #   bench/run.sh            full run (~30 samples per operation, 3 parallel rounds; a few minutes)
 #   bench/run.sh --quick    about a minute (8 samples, 1 parallel round)
 #   bench/run.sh --profile  only the profile of one in-process seed-chain ADD (bench/results/profile/)
+#   bench/run.sh --udp [..] only the udp backend's data plane vs vxlan/host-gw/veth (bench/udp/bench_udp.py)
+#   (the full run and --quick end with the udp bench: bench/results/udp.json, udp-quick.json)
 #   other options go to bench/chain/driver.py (--samples N --rounds N --parallel N --out FILE)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,4 +22,12 @@ if [[ ${1:-} == --profile ]]; then
     shift
     exec "$PY" bench/chain/profiling.py "$@"
 fi
-exec "$PY" bench/chain/driver.py "$@"
+if [[ ${1:-} == --udp ]]; then
+    shift
+    exec "$PY" bench/udp/bench_udp.py "$@"
+fi
+"$PY" bench/chain/driver.py "$@"
+case "$*" in
+    "") exec "$PY" bench/udp/bench_udp.py --profile ;;
+    --quick) exec "$PY" bench/udp/bench_udp.py --quick --out bench/results/udp-quick.json ;;
+esac
