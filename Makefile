@@ -113,7 +113,7 @@ $(IMAGE_TAR): $(BUNDLE_STAMP) packaging/image/build.sh packaging/image/oci.py pa
 test: deps binaries binaries-native portable-root drivers image
 	bash packaging/run-tests.sh
 
-demo: binaries drivers
+demo: deps binaries drivers
 	@if [[ -f demo/demo.sh ]]; then bash demo/demo.sh; \
 	else echo "demo: demo/demo.sh not written yet"; exit 1; fi
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Callable, Dict, List, Set
 
 import pytest
 
@@ -27,10 +27,11 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("vxlan", "host-gw", "udp")
-# Until the udp backend takes lease_attrs(previous=...) (the main loop passes it), flanneld exits at
-# start-up in udp mode, so the demo stops there (it says so; these tests read it).
-UDP_BROKEN = pytest.mark.xfail(reason="udp backend: lease_attrs() got an unexpected keyword argument "
-                                      "'previous' (flanneld exits in udp mode)", strict=False)
+# After host-gw (the seed's order), host-gw's '<peer subnet> via <peer IP> dev eth0' routes outlive the
+# restart and shadow udp's '10.244.0.0/16 dev flannel0': the udp backend does not remove them yet, and
+# the demo stops there, saying so.
+UDP_BROKEN = pytest.mark.xfail(reason="udp after host-gw: host-gw's per-peer routes are left and shadow "
+                                      "flannel0's Network route", strict=False)
 NETWORK = ipaddress.ip_network("10.244.0.0/16")
 NODE_IP = {"node1": "198.18.0.1", "node2": "198.18.0.2", "node3": "198.18.0.3"}
 ETCD_ENDPOINT = "198.18.0.254:2379"
@@ -168,17 +169,22 @@ def icmp_between(output: str, a: str, b: str) -> bool:
     return f"IP {a} > {b}: ICMP echo request" in output and f"IP {b} > {a}: ICMP echo reply" in output
 
 
+def node1_routes(text: str, route: Callable[[ipaddress.IPv4Network, str], str]) -> str:
+    """node1's `ip r`, checked to hold route(peer subnet, peer node IP) for node2 and node3."""
+    routes = one(T.commands(text), "node1", "ip r").output
+    subnets = leases(text)
+    for peer in ("node2", "node3"):
+        assert route(subnets[NODE_IP[peer]], NODE_IP[peer]) in routes, routes
+    return routes
+
+
 def test_vxlan(run_all) -> None:
     text = section(run_all, "vxlan")
     ips = common_facts(text, 1450)
     cmds = T.commands(text)
     dev = one(cmds, "node1", "ip -d link show flannel.1").output
     assert re.search(r"vxlan id 1 local 198\.18\.0\.1 dev eth0 .*dstport 8472 nolearning", dev), dev
-    routes = one(cmds, "node1", "ip r").output
-    subnets = leases(text)
-    for peer in ("node2", "node3"):
-        net = subnets[NODE_IP[peer]]
-        assert f"{net} via {net.network_address} dev flannel.1 onlink" in routes, routes
+    node1_routes(text, lambda net, _: f"{net} via {net.network_address} dev flannel.1 onlink")
     assert pings(text, "a", ips["b"]) == [64] * 4
     assert pings(text, "a", ips["c"]) == [62] * 4
 
@@ -201,10 +207,7 @@ def test_host_gw(run_all) -> None:
     text = section(run_all, "host-gw")
     ips = common_facts(text, 1500)
     cmds = T.commands(text)
-    routes = one(cmds, "node1", "ip r").output
-    subnets = leases(text)
-    for peer in ("node2", "node3"):
-        assert f"{subnets[NODE_IP[peer]]} via {NODE_IP[peer]} dev eth0" in routes, routes
+    routes = node1_routes(text, lambda net, node_ip: f"{net} via {node_ip} dev eth0")
     assert "flannel.1" not in routes  # the vxlan routes were replaced, not left beside
     assert pings(text, "a", ips["b"]) == [64] * 4
     assert pings(text, "a", ips["c"]) == [62] * 4  # the seed's 61: its cloud underlay routes once more
@@ -227,7 +230,7 @@ def test_udp(run_all) -> None:
     assert not [r for r in routes.splitlines() if "via" in r and r.startswith("10.244.")], routes
     assert pings(text, "a", ips["b"]) == [64] * 4
     cross = pings(text, "a", ips["c"])
-    assert len(set(cross)) == 1 and cross[0] <= 62, cross
+    assert cross == [60] * 4  # as the seed: forwarded on node1 and node2, and the TTL decremented by each flanneld
     tun, eth0 = captures(cmds, "flannel0"), captures(cmds, "eth0")
     assert count(tun[0]) == 0 and count(eth0[0]) == 0  # same node: nothing through flannel0 nor over UDP 8285
     assert count(tun[1]) == 4 and icmp_between(tun[1].output, ips["a"], ips["c"])
