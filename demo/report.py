@@ -6,6 +6,13 @@ from typing import List, Sequence, Tuple
 from demo.modes import SEED, ModeResult
 
 
+NOTES = (
+    "TTL: 64 = the bridge alone; each routing hop takes one: node1 and node2 forward (62); udp's flanneld",
+    "decrements it once more on each side (60).  The seed's host-gw 61: its nodes' underlay (a cloud",
+    "network) routes between them once more; the demo's underlay is one bridge.",
+)
+
+
 def table(results: Sequence[ModeResult]) -> List[str]:
     head = ("mode", "same-node ttl (seed)", "cross-node ttl (seed)", "on eth0, cross-node", "iperf3 a->c",
             "hostPort")
@@ -25,4 +32,4 @@ def table(results: Sequence[ModeResult]) -> List[str]:
             out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         else:  # a mode that did not run: its status in one wide cell
             out.append(f"{row[0]:<{widths[0]}}  {row[1]}")
-    return out
+    return out + [""] + list(NOTES)
