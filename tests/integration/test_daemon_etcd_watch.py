@@ -230,8 +230,14 @@ def test_second_endpoint_used_when_the_first_is_down(etcd):
     clock = CountingClock()
     m = EtcdSubnetManager(EtcdOptions(**etcd.options(endpoints=[down, etcd.endpoint])), clock=clock)
     assert m.network_config().ipv4 is not None
-    assert m.client.attempts == 2 and len(clock.sleeps) == 1
+    assert m.client.attempts == 2 and clock.sleeps == []  # the next endpoint at once
     m.close()
+    both_down = EtcdSubnetManager(EtcdOptions(endpoints=[down, f"http://127.0.0.1:{free_port()}"], attempts=6),
+                                  clock=clock)
+    with pytest.raises(StoreUnavailable, match="failed 6 times"):
+        both_down.network_config()
+    assert clock.sleeps == [0.2, 0.4]  # a wait after each round over all endpoints
+    both_down.close()
 
 
 def test_missing_config_key_is_a_config_error_naming_the_key_after_retries(etcd):

@@ -234,10 +234,15 @@ class EtcdClient:
                 last = exc
                 if attempt + 1 == tries:
                     break
-                delay = backoff(attempt, self.options.backoff_base, self.options.backoff_cap)
+                self._next_endpoint()
+                rounds, rest = divmod(attempt + 1, len(self.endpoints))
+                if rest:  # another endpoint not tried yet in this round: at once
+                    log.warning("etcd %s failed (attempt %d/%d): %s; trying %s", what, attempt + 1, tries, exc,
+                                self.endpoints[self._current])
+                    continue
+                delay = backoff(rounds - 1, self.options.backoff_base, self.options.backoff_cap)
                 log.warning("etcd %s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt + 1, tries,
                             exc, delay)
-                self._next_endpoint()
                 if self.clock.sleep(delay, self.stop):
                     raise StoreUnavailable(f"etcd {what}: stopped while retrying ({exc})") from None
             except StoreError:
