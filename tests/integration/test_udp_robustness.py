@@ -6,20 +6,23 @@ import select
 import subprocess
 import sys
 
-from tests.harness import drivers
-from tests.integration.flannel_node import flannel_node
 import pytest
 
+from tests.harness import drivers
+from tests.integration.flannel_node import flannel_node
 from tests.integration.udp_helpers import MODES, MTU, counters, python, set_subnet_env, transfer, udp_cluster
 
 # Datagrams sent to 198.18.0.1:8285.  argv: source address.  Prints nothing; raises on failure.
-GARBAGE = r"""
+CSUM = r"""
 import random, socket, struct, sys
 def csum(b):
     s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
+"""
+
+GARBAGE = CSUM + r"""
 def pkt(dst, ttl=9, payload=b"x" * 12, tot=None):
     total = tot if tot is not None else 20 + len(payload)
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, ttl, 17, 0, bytes([10, 244, 2, 9]), bytes(dst))
@@ -47,13 +50,7 @@ EXPECTED_UDP_DROPS = {"short": 3, "not_ipv4": 2, "bad_header": 3, "bad_checksum"
                       "not_for_us": 2, "ttl_expired": 2}
 
 # Malformed frames written into flannel0 by the node itself (AF_PACKET: no IP stack checks).
-INTO_TUN = r"""
-import socket, struct
-def csum(b):
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+INTO_TUN = CSUM + r"""
 def pkt(dst, proto=17):
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 9, proto, 0, bytes([10, 244, 1, 99]), bytes(dst))
     return h[:10] + struct.pack("!H", csum(h)) + h[12:] + b"\0" * 8

@@ -28,7 +28,7 @@ from cni_flannel.daemon.errors import BackendError
 from cni_flannel.daemon.lease import Lease, LeaseAttrs
 from cni_flannel.daemon.udp import counters
 from cni_flannel.daemon.udp.fastpath import OffloadForwarder, probe_socket
-from cni_flannel.daemon.udp.forwarder import Forwarder
+from cni_flannel.daemon.udp.forwarder import Forwarder, close_fd
 from cni_flannel.daemon.udp.offload import SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, UDP_GRO
 from cni_flannel.daemon.udp.routes import PeerTable
 from cni_flannel.net.errors import NetFailure
@@ -130,13 +130,13 @@ class UdpBackend(Backend):
         try:
             link = self._configure(self.h.link(DEVICE))
         except NetFailure:
-            _close(fd)
+            close_fd(fd)
             raise
         self.tun_fd, self.link = fd, link
         if self.forwarder is not None:
             self.forwarder.set_tun(fd)   # closes the old fd once the loop has left it
         elif old >= 0:
-            _close(old)
+            close_fd(old)
 
     def _open_tun(self) -> int:
         try:
@@ -198,7 +198,7 @@ class UdpBackend(Backend):
             self.forwarder.log_counters(force=True)
             self.forwarder.stop()
             self.forwarder = None
-        _close(self.tun_fd)
+        close_fd(self.tun_fd)
         self.tun_fd = -1
         if self.sock is not None:
             self.sock.close()
@@ -261,11 +261,3 @@ def _set_buffers(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
-def _close(fd: int) -> None:
-    if fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import struct
 import sys
@@ -19,7 +18,7 @@ import time
 from typing import Dict, List, Tuple
 
 from cni_flannel.daemon.udp import counters as C
-from cni_flannel.daemon.udp.forwarder import BUFSIZE, LOG_EVERY, Forwarder, _GONE, _drain_pipe, _unregister
+from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed
 from cni_flannel.daemon.udp.offload import (SOL_UDP, UDP_GRO, UDP_SEGMENT, VIRTIO_NET_HDR_F_NEEDS_CSUM,
                                             VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, complete_csum,
                                             merge_tcp4, segment_tcp4)
@@ -54,23 +53,7 @@ class OffloadForwarder(Forwarder):
         pack_seg = _SEG.pack
         thread_time = time.thread_time
         stats = self.counters.tun_to_udp
-        next_log = time.monotonic() + LOG_EVERY
-        fd = -1
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping:
-            if fd != self.tun_fd:
-                if fd >= 0:
-                    _unregister(poller, fd)
-                fd = self.tun_fd
-                poller.register(fd, select.POLLIN)
-            for rfd, _ in poller.poll(1000):
-                if rfd == self._wake_r:
-                    _drain_pipe(rfd)
-            now = time.monotonic()
-            if now >= next_log:
-                self.log_counters()
-                next_log = now + LOG_EVERY
+        for fd in self._tun_wakeups():
             packets = nbytes = 0
             drops: Dict[str, int] = {}
             table = self.table
@@ -80,10 +63,7 @@ class OffloadForwarder(Forwarder):
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno not in _GONE:
-                        drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
-                    else:
-                        time.sleep(0.2)
+                    _read_failed(exc, drops)
                     break
                 if n < 20 or pkt[0] >> 4 != 4:
                     why = SHORT if n < 20 else NOT_IPV4
@@ -147,16 +127,11 @@ class OffloadForwarder(Forwarder):
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
         thread_time = time.thread_time
         stats = self.counters.udp_to_tun
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping:
-            poller.poll(1000)
+        for fd in self._udp_wakeups():
             packets = nbytes = 0
             drops: Dict[str, int] = {}
             table = self.table
             sources = table.sources
-            fd = self.tun_fd
             while True:
                 try:
                     n, anc, _, src = recvmsg(bufs, cmsg_space, dontwait)

@@ -28,7 +28,7 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.packet import check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT, TTL_EXPIRED
@@ -75,7 +75,7 @@ class Forwarder:
         self._wake()
         if old != fd:
             time.sleep(0.05)  # let the loop leave poll() on the old fd before it closes
-            _close(old)
+            close_fd(old)
 
     def stop(self) -> None:
         self._stopping = True
@@ -84,7 +84,7 @@ class Forwarder:
             t.join(5)
         self._threads = []
         for fd in (self._wake_r, self._wake_w):
-            _close(fd)
+            close_fd(fd)
         self._wake_r = self._wake_w = -1
 
     def log_counters(self, force: bool = False) -> None:
@@ -99,14 +99,10 @@ class Forwarder:
         except OSError:
             pass
 
-    # --- flannel0 -> peers ---------------------------------------------------------------
-    def _tun_to_udp(self) -> None:
-        buf = bytearray(BUFSIZE)
-        mv = memoryview(buf)
-        bufs = [buf]
-        readv, sendto = os.readv, self.sock.sendto
-        thread_time = time.thread_time
-        stats = self.counters.tun_to_udp
+    # --- the loops' shared skeleton: sleep, wake, hand over one batch -------------------
+    def _tun_wakeups(self) -> Iterator[int]:
+        """Yield flannel0's fd each time it may have packets (or a second passed); follows
+        a recreated flannel0, empties the wake pipe, logs the counters now and then."""
         next_log = time.monotonic() + LOG_EVERY
         fd = -1
         poller = select.poll()
@@ -124,6 +120,26 @@ class Forwarder:
             if now >= next_log:
                 self.log_counters()
                 next_log = now + LOG_EVERY
+            yield fd
+
+    def _udp_wakeups(self) -> Iterator[int]:
+        """Yield flannel0's current fd each time the socket may have datagrams."""
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            poller.poll(1000)
+            yield self.tun_fd
+
+    # --- flannel0 -> peers ---------------------------------------------------------------
+    def _tun_to_udp(self) -> None:
+        buf = bytearray(BUFSIZE)
+        mv = memoryview(buf)
+        bufs = [buf]
+        readv, sendto = os.readv, self.sock.sendto
+        thread_time = time.thread_time
+        stats = self.counters.tun_to_udp
+        for fd in self._tun_wakeups():
             packets = nbytes = 0
             drops: Dict[str, int] = {}
             table = self.table
@@ -133,10 +149,7 @@ class Forwarder:
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno not in _GONE:
-                        drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
-                    else:  # flannel0 went away: the backend's reconcile recreates it
-                        time.sleep(0.2)
+                    _read_failed(exc, drops)
                     break
                 if n < 20 or buf[0] >> 4 != 4:
                     why = SHORT if n < 20 else NOT_IPV4
@@ -175,16 +188,11 @@ class Forwarder:
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
         thread_time = time.thread_time
         stats = self.counters.udp_to_tun
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stopping:
-            poller.poll(1000)
+        for fd in self._udp_wakeups():
             packets = nbytes = 0
             drops: Dict[str, int] = {}
             table = self.table
             sources = table.sources
-            fd = self.tun_fd
             while True:
                 try:
                     n, src = recv(buf, BUFSIZE, dontwait)
@@ -251,6 +259,21 @@ def _raise_priority(name: str) -> None:
         log.info("udp forwarder %s: cannot set nice %d (%s)", name, nice, exc.strerror)
 
 
+def _read_failed(exc: OSError, drops: Dict[str, int]) -> None:
+    if exc.errno in _GONE:  # flannel0 went away: the backend's reconcile recreates it
+        time.sleep(0.2)
+    else:
+        drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+
+
+def close_fd(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _write_quietly(fd: int, data: bytes) -> None:
     try:
         os.write(fd, data)
@@ -271,11 +294,3 @@ def _unregister(poller: "select.poll", fd: int) -> None:
         poller.unregister(fd)
     except (KeyError, ValueError):
         pass
-
-
-def _close(fd: int) -> None:
-    if fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

@@ -71,7 +71,10 @@ def segment_tcp4(pkt: memoryview, n: int, mss: int, out: bytearray) -> Tuple[int
     bytes, written back to back into ``out``, each with TTL − 1 and correct checksums.
 
     Returns (size of every packet but the last, total bytes); (0, 0) when the packet is not
-    a cuttable IPv4/TCP packet or its TTL expires (the caller counts it as dropped)."""
+    a cuttable IPv4/TCP packet or its TTL expires (the caller counts it as dropped).
+
+    Per packet only its payload is summed (the one big-number operation); the headers'
+    contributions are sums of small integers worked out once."""
     if n < 40 or pkt[0] >> 4 != 4 or pkt[9] != PROTO_TCP or mss <= 0 or pkt[8] <= 1:
         return 0, 0
     ihl = (pkt[0] & 0x0F) * 4
@@ -89,50 +92,40 @@ def segment_tcp4(pkt: memoryview, n: int, mss: int, out: bytearray) -> Tuple[int
         return 0, 0
     omv = memoryview(out)
     hdr = bytearray(pkt[:hl])
-    ident = hdr[4] << 8 | hdr[5]
-    seq = int.from_bytes(hdr[ihl + 4:ihl + 8], "big")
+    ident, seq = hdr[4] << 8 | hdr[5], int.from_bytes(hdr[ihl + 4:ihl + 8], "big")
     flags = hdr[ihl + 13]
-    hdr[8] -= 1                        # TTL
-    hdr[10] = hdr[11] = 0              # IP checksum, recomputed per packet
-    hdr[ihl + 16] = hdr[ihl + 17] = 0  # TCP checksum, likewise
-    # The pseudo-header's constant part: source, destination, protocol.
-    pseudo = int.from_bytes(hdr[12:20], "big") + PROTO_TCP
-    pos = 0
-    off = hl
+    hdr[8] -= 1                                          # TTL
+    hdr[2] = hdr[3] = hdr[4] = hdr[5] = hdr[10] = hdr[11] = 0     # length, id, checksum: per packet
+    t = ihl
+    hdr[t + 4] = hdr[t + 5] = hdr[t + 6] = hdr[t + 7] = 0           # sequence: per packet
+    hdr[t + 16] = hdr[t + 17] = 0                                   # checksum: per packet
+    ip_base = int.from_bytes(hdr[:ihl], "big")
+    tcp_base = int.from_bytes(hdr[ihl:hl], "big") + int.from_bytes(hdr[12:20], "big") + PROTO_TCP
+    pack_into = struct.pack_into
+    pos, off = 0, hl
     for i in range(count):
         size = mss if i < count - 1 else data - mss * (count - 1)
         total = hl + size
-        end = pos + total
         omv[pos:pos + hl] = hdr
-        omv[pos + hl:end] = pkt[off:off + size]
-        out[pos + 2] = total >> 8
-        out[pos + 3] = total & 0xFF
-        out[pos + 4] = (ident >> 8) & 0xFF
-        out[pos + 5] = ident & 0xFF
-        c = _ip_csum(omv[pos:pos + ihl])
-        out[pos + 10] = c >> 8
-        out[pos + 11] = c & 0xFF
-        t = pos + ihl
-        omv[t + 4:t + 8] = seq.to_bytes(4, "big")
-        if i < count - 1:
-            out[t + 13] = flags & ~0x09    # FIN and PSH only on the last packet
+        omv[pos + hl:pos + total] = pkt[off:off + size]
+        f = flags if i == count - 1 else flags & ~0x09   # FIN and PSH only on the last packet
         if i:
-            out[t + 13] &= ~0x80           # CWR only on the first
-        tcp_len = total - ihl
-        c = _tcp_csum(int.from_bytes(omv[t:end], "big"), tcp_len, pseudo)
-        out[t + 16] = c >> 8
-        out[t + 17] = c & 0xFF
+            f &= ~0x80                                    # CWR only on the first
+        s = (ip_base + total + ident) % 0xFFFF
+        pack_into("!HH", out, pos + 2, total, ident)
+        pack_into("!H", out, pos + 10, ~s & 0xFFFF if s else 0)
+        body = int.from_bytes(pkt[off:off + size], "big") % 0xFFFF  # the one big-number step
+        if size % 2:
+            body = (body << 8) % 0xFFFF  # an odd tail is padded with a zero byte
+        s = (body + tcp_base + total - ihl + (seq >> 16) + (seq & 0xFFFF) + f - flags) % 0xFFFF
+        pack_into("!I", out, pos + ihl + 4, seq)
+        out[pos + ihl + 13] = f
+        pack_into("!H", out, pos + ihl + 16, ~s & 0xFFFF if s else 0xFFFF)
         ident = (ident + 1) & 0xFFFF
         seq = (seq + size) & 0xFFFFFFFF
         off += size
-        pos = end
+        pos += total
     return (hl + mss if count > 1 else pos), pos
-
-
-def _tcp_csum(body: int, length: int, pseudo: int) -> int:
-    # body: the TCP header and payload as one big-endian number (odd length: pad a zero byte)
-    s = ((body << 8 if length % 2 else body) + pseudo + length) % 0xFFFF
-    return ~s & 0xFFFF if s else 0xFFFF
 
 
 def gro_split(n: int, gso_size: int) -> List[Tuple[int, int]]:

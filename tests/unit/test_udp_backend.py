@@ -1,0 +1,68 @@
+"""UdpBackend's decisions that need no kernel: config, lease attributes, which peers count,
+what it wants in the kernel, the peer table it hands the forwarder."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from cni_flannel.daemon.backends import new
+from cni_flannel.daemon.errors import BackendError
+from cni_flannel.daemon.lease import Lease, LeaseAttrs
+
+NET = "10.244.0.0/16"
+
+
+def lease(n: int, kind: str = "udp", ip: str = "") -> Lease:
+    return Lease.from_dict({"Subnet": f"10.244.{n}.0/24", "PublicIP": ip or f"198.18.0.{n}", "BackendType": kind})
+
+
+def test_port_defaults_to_8285_and_is_configurable():
+    assert new("udp", {"Type": "udp"}, networks=[NET]).port == 8285
+    assert new("udp", {"Type": "udp", "Port": 0}, networks=[NET]).port == 8285
+    assert new("udp", {"Type": "udp", "Port": 9000}, networks=[NET]).port == 9000
+
+
+@pytest.mark.parametrize("networks", [[], ["fd00::/56"], [NET, "10.245.0.0/16"]])
+def test_needs_exactly_one_ipv4_network(networks):
+    with pytest.raises(BackendError, match="exactly one IPv4 Network"):
+        new("udp", {"Type": "udp"}, networks=networks)
+
+
+def test_lease_attrs_are_upstreams_public_ip_only():
+    be = new("udp", {"Type": "udp"}, networks=[NET])
+    ip = ipaddress.IPv4Address("198.18.0.1")
+    assert be.lease_attrs(ip, None) == LeaseAttrs(public_ip=ip)
+    assert be.lease_attrs(ip, None, previous=LeaseAttrs(backend_type="vxlan")) == LeaseAttrs(public_ip=ip)
+
+
+def test_peers_upstream_form_and_ours_count_others_do_not():
+    be = new("udp", {"Type": "udp"}, networks=[NET])
+    be.node = lease(1)
+    assert be._wanted(lease(2, "udp")) and be._wanted(lease(3, ""))
+    assert not be._wanted(lease(4, "vxlan"))
+    assert not be._wanted(lease(1, "udp"))  # our own lease in the watch
+
+
+def test_desired_is_one_route_and_the_table_has_every_peer():
+    be = new("udp", {"Type": "udp", "Port": 8299}, networks=[NET])
+    be.node = lease(1)
+    be.peers = {p.key: p for p in (lease(2), lease(3, ""))}
+    state, refused = be.desired(be.peers.values())
+    assert [str(r) for r in state.routes] == ["route 10.244.0.0/16 via None dev flannel0"] and not refused
+    table = be._table()
+    assert table.lookup(int(ipaddress.IPv4Address("10.244.3.9"))) == ("198.18.0.3", 8299)
+    assert table.sources == {"198.18.0.2", "198.18.0.3"}
+    no_ip = Lease.from_dict({"Subnet": "10.244.5.0/24", "BackendType": "udp"})
+    _, refused = be.desired([no_ip])
+    assert [why for _, why in refused] == ["no IPv4 Subnet and PublicIP in its lease (udp carries IPv4 only)"]
+
+
+def test_setup_refuses_leases_it_cannot_carry_before_touching_the_node():
+    be = new("udp", {"Type": "udp"}, networks=[NET], handle=object())  # any netlink use would fail
+    with pytest.raises(BackendError, match="BackendType 'vxlan'"):
+        be.setup(lease(1, "vxlan"))
+    with pytest.raises(BackendError, match="outside the Network"):
+        be.setup(Lease.from_dict({"Subnet": "10.245.1.0/24", "PublicIP": "198.18.0.1", "BackendType": ""}))
+    with pytest.raises(BackendError, match="IPv4 only"):
+        be.setup(Lease.from_dict({"IPv6Subnet": "fd00:0:0:1::/64", "PublicIPv6": "2001:db8::1", "BackendType": "udp"}))
