@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from bench.chain import configs
-from tests.conftest import start_agent
+from tests.conftest import agent_requests, start_agent
 from tests.harness import drivers
 from tests.harness.exec import BASE_ENV
 from tests.harness.netns import Lab, Node, Pod
@@ -126,7 +126,7 @@ class Bench:
         for side, node in self.nodes.items():
             for path, text in configs.files(side).items():
                 node.write_file(path, text)
-        agent = start_agent(self.nodes["ours"])
+        agent = start_agent(self.nodes["ours"], stderr=subprocess.DEVNULL)  # its request log: agent_log()
         self.agent_cpu = CpuMeter(lab, agent.pid)
         lab.add_finalizer(lambda: self._stop(agent))
         self.workers = {side: Worker(lab, node) for side, node in self.nodes.items()}
@@ -147,6 +147,10 @@ class Bench:
         want = configs.seed_delegate()
         keys = (set(saved) | set(want)) - ignore
         return {k: {"ours": saved.get(k), "go": want.get(k)} for k in sorted(keys) if saved.get(k) != want.get(k)}
+
+    def agent_log(self) -> List[str]:
+        """The agent's request log (tests.conftest.agent_requests): one line per request."""
+        return agent_requests(self.nodes["ours"])
 
     def _stop(self, agent: subprocess.Popen) -> None:
         if agent.poll() is None:

@@ -6,7 +6,8 @@ from here — no nsenter/ip-netns-exec start-up in the numbers — and sees the
 node's own /opt/cni/bin, /etc/cni/net.d, /var/lib/cni and /run/flannel.
 
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
-  {"jobs": [{"argv": [...], "env": {...}}, ...]}
+  {"jobs": [{"argv": [...], "env": {...}, "stdin": "...", "executable": "..."}, ...]}
+      (stdin and executable optional: default /dev/null and argv[0])
       starts every job at once (one job = a single sample) and waits for all;
       reply {"wall": s, "runs": [{"rc", "out", "err", "wall", "user", "sys"}]}
       where wall is first start -> last exit and user/sys come from wait4
@@ -38,8 +39,14 @@ def run_jobs(jobs: List[Dict], tmp: str) -> Dict:
         files.append((out, err))
         started[i] = time.perf_counter()
         # No preexec_fn/close_fds quirks: subprocess uses vfork, as cheap as a runtime's exec.
-        p = subprocess.Popen(job["argv"], env=job["env"], stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=err, cwd="/")
+        stdin = subprocess.DEVNULL
+        if "stdin" in job:  # bytes for the job's stdin, from a file as a runtime's pipe would hold them
+            stdin = open(os.path.join(tmp, f"{i}.in"), "w+b")
+            stdin.write(job["stdin"].encode())
+            stdin.seek(0)
+            files.append((stdin, None))
+        p = subprocess.Popen(job["argv"], executable=job.get("executable"), env=job["env"], stdin=stdin,
+                             stdout=out, stderr=err, cwd="/")
         procs[p.pid] = (i, p)
     runs: List[Dict] = [{} for _ in jobs]
     end = t0
@@ -52,11 +59,16 @@ def run_jobs(jobs: List[Dict], tmp: str) -> Dict:
         p.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         end = now
         runs[i] = {"rc": p.returncode, "wall": now - started[i], "user": ru.ru_utime, "sys": ru.ru_stime}
-    for i, (out, err) in enumerate(files):
+    i = 0
+    for out, err in files:
+        if err is None:  # a job's stdin file
+            out.close()
+            continue
         for key, f in (("out", out), ("err", err)):
             f.seek(0)
             runs[i][key] = f.read().decode(errors="replace")
             f.close()
+        i += 1
     for name in os.listdir(tmp):
         os.unlink(os.path.join(tmp, name))
     return {"wall": end - t0, "runs": runs}

@@ -1,7 +1,8 @@
 """The agent: a resident process that runs plugin invocations for the binaries.
 
 Start-up, not work, dominates a plugin run (pyroute2 alone imports in ~110 ms),
-so the agent imports every plugin once and forks a worker per request.  The
+so the agent imports every plugin once and keeps workers forked ahead, one per
+request (each waits in accept(), so no request waits for a fork).  The
 worker joins the caller's network and mount namespaces (descriptors sent with
 the request), takes the caller's environment and stdin, and runs the same
 dispatcher (``skel.run``) the binary would have run — so results, on-disk
@@ -67,6 +68,7 @@ def preload() -> List[str]:
         except (Exception, SystemExit):  # a module that cannot load must not stop the others
             missing.append(name)
     _warm_netlink()
+    _libc_handle()
     import codecs
 
     for encoding in ENCODINGS:  # codecs load lazily too (e.g. str.encode("ascii") in netlink code)
@@ -86,13 +88,19 @@ def _warm_netlink() -> None:
 _libc = None
 
 
-def _setns(fd: int, kind: int) -> None:
+def _libc_handle() -> Any:
     global _libc
     import ctypes
 
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, kind) != 0:  # the kind makes the kernel check the descriptor's type
+    return _libc
+
+
+def _setns(fd: int, kind: int) -> None:
+    import ctypes
+
+    if _libc_handle().setns(fd, kind) != 0:  # the kind makes the kernel check the descriptor's type
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -173,11 +181,31 @@ def handle(conn: socket.socket, accepted_at: float = 0.0, log_fd: int = -1) -> N
     from ..cni import skel
 
     started = time.monotonic()
-    code, text = skel.render(*skel.run(plugin, os.environ, stdin))
-    conn.sendall(wire.encode_result(code, text.encode() if text is not None else b""))
+    if _profile_dir:
+        code, text = _profiled(plugin, env, stdin)
+    else:
+        code, text = skel.render(*skel.run(plugin, os.environ, stdin))
+    reply = wire.encode_result(code, text.encode() if text is not None else b"")
     done = time.monotonic()
+    # logged before answering: once the caller has its answer, the line is there to read
     _note(f"{plugin} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} exit {code} "
           f"({(started - accepted_at) * 1000:.1f} ms to start, {(done - started) * 1000:.1f} ms to run)", log_fd)
+    conn.sendall(reply)
+
+
+#: --profile-dir: each worker's plugin run under cProfile, saved there (bench/chain/agent_profile.py)
+_profile_dir = ""
+
+
+def _profiled(plugin: str, env: Dict[str, str], stdin: bytes) -> Tuple[int, Optional[str]]:
+    import cProfile
+
+    from ..cni import skel
+
+    prof = cProfile.Profile()
+    out = prof.runcall(lambda: skel.render(*skel.run(plugin, os.environ, stdin)))
+    prof.dump_stats(os.path.join(_profile_dir, f"{plugin}-{env.get('CNI_COMMAND', '?')}-{os.getpid()}.prof"))
+    return out
 
 
 def _note(line: str, log_fd: int = -1) -> None:
@@ -192,11 +220,16 @@ def _note(line: str, log_fd: int = -1) -> None:
             pass
 
 
-def serve(path: str, ready_fd: int = -1, request_log: Optional[str] = None) -> None:
-    """Accept requests on ``path`` until SIGTERM/SIGINT; a worker per request.
+def serve(path: str, ready_fd: int = -1, request_log: Optional[str] = None, profile_dir: str = "") -> None:
+    """Serve requests on ``path`` until SIGTERM/SIGINT; a (pre-forked) worker per request.
 
     ``request_log``: a file that gets one line per request (served or refused), for tests
     and benchmarks to see that the agent — not a fallback — did the work."""
+    global _profile_dir
+    if profile_dir:
+        import cProfile  # noqa: F401  (workers may not see our files later)
+
+        _profile_dir = os.path.abspath(profile_dir)
     missing = preload()
     if missing:
         import sys
@@ -222,10 +255,18 @@ def serve(path: str, ready_fd: int = -1, request_log: Optional[str] = None) -> N
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    idle: Dict[int, float] = {}  # pid -> when forked, of workers waiting in accept()
+    taken_r, taken_w = os.pipe2(os.O_CLOEXEC)  # a worker writes its pid here once it has a caller
     try:
         while True:
-            _accept_one(server, log_fd)
+            _refill(server, idle, taken_r, taken_w, log_fd)
+            _wait_for_takers(taken_r, idle)
     finally:
+        for pid in idle:  # busy workers finish their request; idle ones have nothing to do
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         server.close()
         try:
             os.unlink(path)
@@ -233,28 +274,71 @@ def serve(path: str, ready_fd: int = -1, request_log: Optional[str] = None) -> N
             pass
 
 
-def _accept_one(server: socket.socket, log_fd: int) -> None:
-    """Accept a connection and fork its worker; no fault here may end the agent."""
-    try:
-        conn, _ = server.accept()
-    except OSError as exc:  # EMFILE, ECONNABORTED...: log, breathe, go on
-        _note(f"accept failed: {exc}", log_fd)
-        time.sleep(0.05)
+#: Workers forked ahead, each blocked in accept(): a request never waits for a fork of this
+#: (big) process, only for setns.  Two cover a pod's two plugins; more only cost fork time.
+POOL_SIZE = 2
+
+
+def _refill(server: socket.socket, idle: Dict[int, float], taken_r: int, taken_w: int, log_fd: int) -> None:
+    while len(idle) < POOL_SIZE:
+        try:
+            pid = os.fork()
+        except OSError as exc:  # callers wait in the backlog; try again shortly
+            _note(f"cannot fork a worker: {exc}", log_fd)
+            time.sleep(0.1)
+            return
+        if pid == 0:
+            os.close(taken_r)
+            _idle_worker(server, taken_w, log_fd)
+        idle[pid] = time.monotonic()
+
+
+def _wait_for_takers(taken_r: int, idle: Dict[int, float]) -> None:
+    """Until a worker took a caller (or a second passed: then drop idle workers that died)."""
+    import select
+
+    ready, _, _ = select.select([taken_r], [], [], 1.0)
+    if ready:
+        data = os.read(taken_r, 4096)  # whole 8-byte pids: each write of one is atomic
+        for i in range(0, len(data) - len(data) % 8, 8):
+            idle.pop(int.from_bytes(data[i:i + 8], "little"), None)
         return
-    accepted_at = time.monotonic()
+    for pid in list(idle):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:  # (SIGCHLD is ignored: a dead worker leaves no zombie)
+            del idle[pid]
+
+
+def _set_parent_death_signal(sig: int) -> None:
     try:
-        pid = os.fork()
-    except OSError as exc:
-        _note(f"refused: cannot fork a worker: {exc}", log_fd)
-        try:  # nothing ran: the caller does the work itself
-            conn.sendall(wire.encode_refusal(f"agent cannot fork: {exc}"))
-        except OSError:
-            pass
-        conn.close()
-        return
-    if pid == 0:
-        _worker(server, conn, accepted_at, log_fd)
-    conn.close()
+        _libc_handle().prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _idle_worker(server: socket.socket, taken_w: int, log_fd: int) -> None:
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _set_parent_death_signal(signal.SIGKILL)  # an idle worker must not outlive the agent
+        if os.getppid() == 1:
+            os._exit(0)
+        while True:
+            try:
+                conn, _ = server.accept()
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:  # EMFILE, ECONNABORTED...: log, breathe, go on
+                _note(f"accept failed: {exc}", log_fd)
+                time.sleep(0.05)
+        accepted_at = time.monotonic()
+        _set_parent_death_signal(0)  # a request under way completes even if the agent stops
+        os.write(taken_w, os.getpid().to_bytes(8, "little"))
+        os.close(taken_w)
+    except BaseException:
+        os._exit(0)
+    _worker(server, conn, accepted_at, log_fd)
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
