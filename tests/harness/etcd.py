@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+
 ETCD = "/usr/bin/etcd"
 HOST = "127.0.0.1"
 ROOT_PASSWORD = "root-secret"
@@ -341,18 +342,6 @@ class EtcdServer:
 def _kv(kv: Dict[str, Any]) -> Dict[str, Any]:
     return {"key": _unb64(kv["key"]), "value": _unb64(kv.get("value", "")),
             "lease": int(kv.get("lease", 0)), "mod_revision": int(kv.get("mod_revision", 0))}
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll predicate() until it returns something truthy; raise AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def etcd_available() -> Optional[str]:

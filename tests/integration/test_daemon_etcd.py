@@ -16,7 +16,8 @@ from cni_flannel.daemon.errors import LeaseRevoked, OutOfSubnets
 from cni_flannel.daemon.etcd import EtcdOptions, EtcdSubnetManager
 from cni_flannel.daemon.lease import Lease, LeaseAttrs, lease_from_kv, parse_attrs, render_attrs
 from cni_flannel.daemon.manager import REMOVED
-from tests.harness.etcd import etcd, etcd_factory, wait_for  # noqa: F401 (fixtures)
+from tests.harness.etcd import etcd, etcd_factory  # noqa: F401 (fixtures)
+from tests.harness.wait import wait_until
 from tests.integration.etcd_manager import CONFIG, NET, SUBNETS, attrs, close_managers, managers, manager, \
     subnet_keys, watches  # noqa: F401 (fixtures)
 
@@ -152,9 +153,9 @@ def test_short_ttl_key_expires_and_the_watcher_sees_it_removed(etcd, watches):
     m = manager(etcd, ttl=2, renew_margin=1)
     lease = m.acquire_lease(attrs(1))
     w = watches(manager(etcd))
-    wait_for(lambda: w.snapshots(), 10, "the first snapshot")
+    wait_until(lambda: w.snapshots(), 10, "the first snapshot")
     assert [str(x.subnet) for x in w.snapshots()[0].leases] == [str(lease.subnet)]
-    wait_for(lambda: w.saw(REMOVED, str(lease.subnet)), 10, "REMOVED after the TTL")
+    wait_until(lambda: w.saw(REMOVED, str(lease.subnet)), 10, "REMOVED after the TTL")
     assert etcd.get(SUBNETS + lease.key) is None
     assert not m.lease_exists(lease)
     with pytest.raises(LeaseRevoked, match="revoked"):

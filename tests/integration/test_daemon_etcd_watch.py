@@ -12,7 +12,8 @@ import pytest
 from cni_flannel.daemon.errors import ConfigError, StoreError, StoreUnavailable
 from cni_flannel.daemon.etcd import Clock, EtcdOptions, EtcdSubnetManager
 from cni_flannel.daemon.manager import ADDED, REMOVED
-from tests.harness.etcd import CertSet, EtcdError, EtcdServer, etcd, etcd_factory, free_port, wait_for  # noqa: F401
+from tests.harness.etcd import CertSet, EtcdError, EtcdServer, etcd, etcd_factory, free_port  # noqa: F401
+from tests.harness.wait import wait_until
 from tests.integration.etcd_manager import CONFIG, NET, SUBNETS, attrs, close_managers, manager, \
     subnet_keys, watches  # noqa: F401 (fixtures)
 
@@ -57,14 +58,14 @@ def test_watch_snapshot_then_put_and_delete_events_and_bad_values_skipped(etcd, 
     etcd.put(CONFIG, NET)
     etcd.put(SUBNETS + "10.244.1.0-24", PEER % (1, 1))
     w = watches(manager(etcd))
-    wait_for(lambda: w.snapshots(), 10, "the first snapshot")
+    wait_until(lambda: w.snapshots(), 10, "the first snapshot")
     assert [str(x.subnet) for x in w.snapshots()[0].leases] == ["10.244.1.0/24"]
     caplog.set_level(logging.WARNING, logger="cni_flannel.daemon.etcd")
     etcd.put(SUBNETS + "10.244.2.0-24", "{not json")  # a broken peer: logged, skipped
     etcd.put(SUBNETS + "not-a-subnet", PEER % (3, 3))
     etcd.put(SUBNETS + "10.244.3.0-24", PEER % (3, 3))
     etcd.delete(SUBNETS + "10.244.1.0-24")
-    wait_for(lambda: w.saw(REMOVED, "10.244.1.0/24"), 10, "REMOVED of 10.244.1.0/24")
+    wait_until(lambda: w.saw(REMOVED, "10.244.1.0/24"), 10, "REMOVED of 10.244.1.0/24")
     added = [e.lease for e in w.events() if e.type == ADDED]
     assert [str(x.subnet) for x in added] == ["10.244.3.0/24"]
     assert str(added[0].attrs.public_ip) == "192.0.2.3"
@@ -79,17 +80,17 @@ def test_watch_resumes_after_etcd_restart_and_sees_a_lease_created_meanwhile(etc
     failed: List[str] = []
     m.client.on_error = failed.append
     w = watches(m)
-    wait_for(lambda: w.snapshots(), 10, "the first snapshot")
+    wait_until(lambda: w.snapshots(), 10, "the first snapshot")
     clock.hold.set()
     etcd.stop()
-    wait_for(clock.held.is_set, 10, "the watcher to notice the outage and wait")
+    wait_until(clock.held.is_set, 10, "the watcher to notice the outage and wait")
     etcd.start()
     etcd.put(SUBNETS + "10.244.7.0-24", PEER % (7, 7))  # while the watcher is disconnected
     etcd.delete(SUBNETS + "10.244.7.0-24")
     etcd.put(SUBNETS + "10.244.8.0-24", PEER % (8, 8))
     clock.hold.clear()
     clock.go.set()
-    wait_for(lambda: w.saw(ADDED, "10.244.8.0/24"), 15, "the lease created during the outage")
+    wait_until(lambda: w.saw(ADDED, "10.244.8.0/24"), 15, "the lease created during the outage")
     assert [(e.type, str(e.lease.subnet)) for e in w.events()] == [
         (ADDED, "10.244.7.0/24"), (REMOVED, "10.244.7.0/24"), (ADDED, "10.244.8.0/24")]
     assert len(w.snapshots()) == 1  # resumed from the revision, not re-listed
@@ -103,16 +104,16 @@ def test_compacted_history_gives_a_new_snapshot(etcd, watches):
     etcd.put(SUBNETS + "10.244.1.0-24", PEER % (1, 1))
     gate = threading.Event()
     w = watches(manager(etcd), gate)  # the sink holds the first snapshot: the watch is not open yet
-    wait_for(lambda: w.snapshots(), 10, "the first snapshot")
+    wait_until(lambda: w.snapshots(), 10, "the first snapshot")
     etcd.put(SUBNETS + "10.244.2.0-24", PEER % (2, 2))
     etcd.delete(SUBNETS + "10.244.1.0-24")
     etcd.compact()  # the revisions after the snapshot are gone
     w.gate = None
     gate.set()
-    wait_for(lambda: len(w.snapshots()) == 2, 15, "a second snapshot after compaction")
+    wait_until(lambda: len(w.snapshots()) == 2, 15, "a second snapshot after compaction")
     assert [str(x.subnet) for x in w.snapshots()[1].leases] == ["10.244.2.0/24"]
     etcd.put(SUBNETS + "10.244.3.0-24", PEER % (3, 3))  # and watching goes on from there
-    wait_for(lambda: w.saw(ADDED, "10.244.3.0/24"), 10, "an event after the re-list")
+    wait_until(lambda: w.saw(ADDED, "10.244.3.0/24"), 10, "an event after the re-list")
 
 
 def test_own_lease_in_the_watch_has_its_expiry_peers_none(etcd, watches):
@@ -121,12 +122,12 @@ def test_own_lease_in_the_watch_has_its_expiry_peers_none(etcd, watches):
     lease = m.acquire_lease(attrs(1))
     etcd.put(SUBNETS + "10.244.200.0-24", PEER % (2, 2))
     w = watches(m)
-    wait_for(lambda: w.snapshots(), 10, "the first snapshot")
+    wait_until(lambda: w.snapshots(), 10, "the first snapshot")
     by_subnet = {str(x.subnet): x for x in w.snapshots()[0].leases}
     assert by_subnet["10.244.200.0/24"].expiration is None
     assert abs(by_subnet[str(lease.subnet)].expiration - lease.expiration) < 3
     m.renew_lease(lease)
-    wait_for(lambda: w.saw(ADDED, str(lease.subnet)), 10, "our renewed lease as an event")
+    wait_until(lambda: w.saw(ADDED, str(lease.subnet)), 10, "our renewed lease as an event")
 
 
 # --- interop ------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def test_upstream_written_values_are_read_and_ours_are_byte_compatible(etcd, wat
                                        '"BackendData":{"VtepMAC":"3e:27:de:39:f1:1a"}}')  # pre-VNI flannel
     m = manager(etcd)
     w = watches(m)
-    wait_for(lambda: w.snapshots(), 10, "the first snapshot")
+    wait_until(lambda: w.snapshots(), 10, "the first snapshot")
     leases = {str(x.subnet): x for x in w.snapshots()[0].leases}
     assert str(leases["10.5.52.0/24"].attrs.public_ip) == "192.168.64.3"
     assert leases["10.5.52.0/24"].attrs.backend_data == {"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}
@@ -203,11 +204,11 @@ def test_auth_token_renewed_after_etcd_restart(etcd_factory, watches):
     m = manager(server, ttl=60, renew_margin=10)
     lease = m.acquire_lease(attrs(1))
     w = watches(m)
-    wait_for(lambda: w.snapshots(), 10, "the first snapshot")
+    wait_until(lambda: w.snapshots(), 10, "the first snapshot")
     server.restart()  # simple tokens die with the member
     assert m.renew_lease(lease).subnet == lease.subnet
     server.put(SUBNETS + "10.244.9.0-24", PEER % (9, 9))
-    wait_for(lambda: w.saw(ADDED, "10.244.9.0/24"), 15, "an event after re-login")
+    wait_until(lambda: w.saw(ADDED, "10.244.9.0/24"), 15, "an event after re-login")
 
 
 def test_unreachable_etcd_is_store_unavailable_after_bounded_waited_attempts():
@@ -273,4 +274,4 @@ def test_harness_etcd_start_failure_raises_and_close_removes_everything():
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     with pytest.raises(AssertionError, match="timed out after 0.1s waiting for nothing"):
-        wait_for(lambda: False, 0.1, "nothing")
+        wait_until(lambda: False, 0.1, "nothing")
