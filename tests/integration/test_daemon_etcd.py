@@ -185,3 +185,11 @@ def test_renew_of_a_deleted_key_is_revoked_not_recreated(etcd):
     with pytest.raises(LeaseRevoked, match="revoked"):
         m.renew_lease(lease)
     assert subnet_keys(etcd) == []
+
+
+def test_a_small_network_fills_from_subnet_min_never_its_predecessor(etcd):
+    etcd.put(CONFIG, '{"Network": "10.244.0.0/22", "Backend": {"Type": "vxlan"}}')  # 4 /24s, 3 leasable
+    got = sorted(str(manager(etcd).acquire_lease(attrs(n)).subnet) for n in (1, 2, 3))
+    assert got == ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+    with pytest.raises(OutOfSubnets, match="out of subnets"):
+        manager(etcd).acquire_lease(attrs(4))
