@@ -4,6 +4,7 @@
 #   bench/run.sh            full run (~30 samples per operation, 3 parallel rounds; a few minutes)
 #   bench/run.sh --quick    about a minute (8 samples, 1 parallel round)
 #   bench/run.sh --profile  only the profile of one in-process seed-chain ADD (bench/results/profile/)
+#   bench/run.sh --agent-profile [N]  the seed chain through the agent: per-request times, cProfile
 #   bench/run.sh --udp [..] only the udp backend's data plane vs vxlan/host-gw/veth (bench/udp/bench_udp.py)
 #   (the full run and --quick end with the udp bench: bench/results/udp.json, udp-quick.json)
 #   other options go to bench/chain/driver.py (--samples N --rounds N --parallel N --out FILE)
@@ -18,6 +19,10 @@ PY=$root/.venv/bin/python
 [[ -x dist/cni/flannel && -d dist/cni/.cni-flannel ]] || { echo "bench: dist/cni missing: run 'make binaries'" >&2; exit 2; }
 [[ -x tests/drivers/bin/cnitool-libcni ]] || { echo "bench: cnitool-libcni missing: run 'make drivers'" >&2; exit 2; }
 
+if [[ ${1:-} == --agent-profile ]]; then
+    shift
+    exec "$PY" bench/chain/agent_profile.py "$@"
+fi
 if [[ ${1:-} == --profile ]]; then
     shift
     exec "$PY" bench/chain/profiling.py "$@"

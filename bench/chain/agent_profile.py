@@ -4,8 +4,8 @@
 A throw-away node set up like the bench's "ours" node, the frozen agent with --profile-dir and
 --request-log; N sequential seed-chain ADD + DEL through libcni (cnitool-libcni), timed by the
 bench worker.  Prints per operation: libcni's wall, the agent's "to start" (accept -> plugin
-code: fork, setns, decode) and "to run" (the plugin) per request, and the top functions of the
-workers' merged cProfile (cumulative).  Raw profiles: bench/results/profile/agent-*.prof.
+code: setns, decode) and "to run" (the plugin) per request, and the top functions of the
+workers' merged cProfile (cumulative), also saved as bench/results/profile/agent-<op>.txt.
 
     bench/chain/agent_profile.py [N]
 """
@@ -69,16 +69,8 @@ def main() -> int:
                         walls[cmd].append(r["wall"] * 1000)
             log = agent_requests(node)
     finally:
-        profs = sorted(glob.glob(f"{profdir}/*.prof"))
+        kept = sorted(glob.glob(f"{profdir}/*.prof"))
         OUT.mkdir(parents=True, exist_ok=True)
-        for p in glob.glob(str(OUT / "agent-*.prof")):
-            os.unlink(p)
-        kept = []
-        for p in profs:
-            dest = OUT / f"agent-{os.path.basename(p)}"
-            shutil.copy(p, dest)
-            kept.append(str(dest))
-        shutil.rmtree(profdir, ignore_errors=True)
     print(f"seed chain through the agent, {n} samples (load {stats.loadavg()})")
     for cmd in ("add", "del"):
         print(f"  libcni {cmd.upper()} wall p50 {stats.percentile(walls[cmd], 50):.1f} ms")
@@ -91,7 +83,7 @@ def main() -> int:
         print(f"  agent {key:<16} to start p50 {stats.percentile([v[0] for v in vals], 50):5.1f} ms, "
               f"to run p50 {stats.percentile([v[1] for v in vals], 50):5.1f} ms  (n={len(vals)})")
     for kind in ("flannel-ADD", "portmap-ADD", "flannel-DEL", "portmap-DEL"):
-        files = [p for p in kept if f"agent-{kind}-" in p]
+        files = [p for p in kept if os.path.basename(p).startswith(f"{kind}-")]
         if not files:
             continue
         buf = io.StringIO()
@@ -100,7 +92,8 @@ def main() -> int:
         text = buf.getvalue()
         (OUT / f"agent-{kind}.txt").write_text(text)
         print(f"\n--- {kind}: merged cProfile of {len(files)} workers (cumulative, top) ---")
-        print("\n".join(text.splitlines()[6:32]))
+        print("\n".join(line for line in text.splitlines() if ".prof" not in line)[:3000])
+    shutil.rmtree(profdir, ignore_errors=True)
     return 0
 
 

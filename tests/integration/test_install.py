@@ -36,13 +36,17 @@ def built() -> None:
         pytest.fail(f"{CONFLIST} is missing: make install has no conflist to install")
 
 
-def make_install(destdir: Path, plugins: Optional[str] = None, force: bool = False) -> subprocess.CompletedProcess:
+def make_install(destdir: Path, plugins: Optional[str] = None, force: bool = False,
+                 native: Optional[str] = None) -> subprocess.CompletedProcess:
     argv = ["make", "--no-print-directory", "-C", str(REPO), "install", f"DESTDIR={destdir}"]
     if plugins is not None:
         argv.append(f"PLUGINS={plugins}")
     if force:
         argv.append("FORCE=1")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "PLUGINS", "FORCE", "DESTDIR")}
+    if native is not None:
+        argv.append(f"NATIVE={native}")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "PLUGINS", "FORCE", "DESTDIR", "NATIVE")}
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -220,3 +224,40 @@ def test_initcontainer_install_with_posix_sh(tmp_path: Path) -> None:
     before = tree(tmp_path)
     assert install_sh(bins, confs, PLUGINS="flannel").returncode == 0
     assert tree(tmp_path) == before
+
+
+# --- the hand-off client in front of the bundle, or not (NATIVE=0) ------------------------------
+
+def _serves_a_request(binary: Path) -> bool:
+    """A request that needs the Python entry (no CNI_* variables: code 4) reaches it."""
+    proc = subprocess.run([str(binary)], input=b"{}", capture_output=True, timeout=30,
+                          env={"CNI_COMMAND": "ADD", "CNI_FLANNEL_AGENT": "off", "PATH": "/usr/bin:/bin",
+                               "CNI_FLANNEL_LOG": "/dev/null"})
+    return proc.returncode == 1 and json.loads(proc.stdout)["code"] == 4
+
+
+def test_native_client_by_default_pyinstaller_entries_with_native_0(tmp_path: Path) -> None:
+    client, python_entry = sha(DIST / "flannel"), sha(DIST / BUNDLE / "cni-flannel")
+    assert client != python_entry
+    bins = bindir(tmp_path)
+    assert make_install(tmp_path, native="0").returncode == 0
+    assert sha(bins / "flannel") == python_entry and _serves_a_request(bins / "flannel")
+    assert version(bins / "flannel")["cniVersion"] == "1.0.0"
+    # switching either way is an upgrade of our own entry, never a conflict
+    proc = make_install(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sha(bins / "flannel") == client and _serves_a_request(bins / "flannel")
+    assert make_install(tmp_path, native="0").returncode == 0 and sha(bins / "flannel") == python_entry
+    assert os.readlink(bins / BUNDLE / BUNDLE) == "."  # the bundle's own PyInstaller entry finds it
+    bad = make_install(tmp_path, native="2")
+    assert bad.returncode != 0 and "NATIVE must be 0 or 1" in bad.stderr
+
+
+def test_bundle_without_its_self_link_is_reinstalled(tmp_path: Path) -> None:
+    assert make_install(tmp_path).returncode == 0
+    bins = bindir(tmp_path)
+    (bins / BUNDLE / BUNDLE).unlink()
+    assert not _serves_a_request(bins / "flannel")  # the client cannot run the Python entry now
+    proc = make_install(tmp_path)
+    assert proc.returncode == 0 and f"installed {bins / BUNDLE}" in proc.stdout, proc.stdout
+    assert _serves_a_request(bins / "flannel")
