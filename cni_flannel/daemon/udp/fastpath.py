@@ -22,8 +22,7 @@ from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed
 from cni_flannel.daemon.udp.offload import (SOL_UDP, UDP_GRO, UDP_SEGMENT, VIRTIO_NET_HDR_F_NEEDS_CSUM,
                                             VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, complete_csum,
                                             merge_tcp4, segment_tcp4)
-from cni_flannel.daemon.udp.packet import (NOT_IPV4, SHORT, TTL_EXPIRED, BAD_HEADER, check_ipv4,
-                                           decrement_ttl, net_unreachable)
+from cni_flannel.daemon.udp.packet import (BAD_HEADER, SHORT, TTL_EXPIRED, check_ipv4, decrement_ttl)
 
 ZERO_VNET = bytes(VNET_HDR_LEN)  # what we write before each packet: no GSO, no checksum to do
 OUTSIZE = 64 * 128 + BUFSIZE     # 64 packets' headers (≤ 120 bytes each) + the payload
@@ -48,7 +47,7 @@ class OffloadForwarder(Forwarder):
         out = bytearray(OUTSIZE)
         omv = memoryview(out)
         bufs = [buf]
-        readv, sendto, sendmsg = os.readv, self.sock.sendto, self.sock.sendmsg
+        readv, sendto, sendmsg, route = os.readv, self.sock.sendto, self.sock.sendmsg, self._route
         unpack = _VNET.unpack_from
         pack_seg = _SEG.pack
         thread_time = time.thread_time
@@ -65,20 +64,8 @@ class OffloadForwarder(Forwarder):
                 except OSError as exc:
                     _read_failed(exc, drops)
                     break
-                if n < 20 or pkt[0] >> 4 != 4:
-                    why = SHORT if n < 20 else NOT_IPV4
-                    drops[why] = drops.get(why, 0) + 1
-                    continue
-                dst = int.from_bytes(pkt[16:20], "big")
-                addr = table.lookup(dst)
+                addr = route(pkt, n, fd, table, drops)
                 if addr is None:
-                    if table.in_network(dst):
-                        reply = net_unreachable(pkt, n, self.tun_addr)
-                        if reply is not None:
-                            self._write_tun(fd, reply)
-                        drops[C.UNREACHABLE] = drops.get(C.UNREACHABLE, 0) + 1
-                    else:
-                        drops[C.NO_ROUTE] = drops.get(C.NO_ROUTE, 0) + 1
                     continue
                 flags, gso_type, _, gso_size, cstart, coff = unpack(buf, 0)
                 try:

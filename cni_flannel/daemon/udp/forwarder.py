@@ -32,7 +32,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.packet import check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT, TTL_EXPIRED
-from cni_flannel.daemon.udp.routes import PeerTable
+from cni_flannel.daemon.udp.routes import Addr, PeerTable
 
 log = logging.getLogger("cni_flannel.daemon.udp")
 
@@ -132,11 +132,36 @@ class Forwarder:
             yield self.tun_fd
 
     # --- flannel0 -> peers ---------------------------------------------------------------
+    def _route(self, pkt: memoryview, n: int, fd: int, table: PeerTable, drops: Dict[str, int]) -> Optional[Addr]:
+        """The peer for the packet ``pkt[:n]`` read from flannel0; None when it goes nowhere
+        (counted; a destination in the Network without a lease is answered unreachable)."""
+        if n < 20 or pkt[0] >> 4 != 4:
+            why = SHORT if n < 20 else NOT_IPV4
+            drops[why] = drops.get(why, 0) + 1
+            return None
+        dst = int.from_bytes(pkt[16:20], "big")
+        addr = table.lookup(dst)
+        if addr is None:
+            if table.in_network(dst):
+                reply = net_unreachable(pkt, n, self.tun_addr)
+                if reply is not None:
+                    self._write_tun(fd, reply)
+                drops[C.UNREACHABLE] = drops.get(C.UNREACHABLE, 0) + 1
+            else:
+                drops[C.NO_ROUTE] = drops.get(C.NO_ROUTE, 0) + 1
+        return addr
+
+    def _write_tun(self, fd: int, packet: bytes) -> None:
+        try:
+            os.write(fd, packet)
+        except OSError:
+            pass
+
     def _tun_to_udp(self) -> None:
         buf = bytearray(BUFSIZE)
         mv = memoryview(buf)
         bufs = [buf]
-        readv, sendto = os.readv, self.sock.sendto
+        readv, sendto, route = os.readv, self.sock.sendto, self._route
         thread_time = time.thread_time
         stats = self.counters.tun_to_udp
         for fd in self._tun_wakeups():
@@ -151,20 +176,8 @@ class Forwarder:
                 except OSError as exc:
                     _read_failed(exc, drops)
                     break
-                if n < 20 or buf[0] >> 4 != 4:
-                    why = SHORT if n < 20 else NOT_IPV4
-                    drops[why] = drops.get(why, 0) + 1
-                    continue
-                dst = int.from_bytes(mv[16:20], "big")
-                addr = table.lookup(dst)
+                addr = route(mv, n, fd, table, drops)
                 if addr is None:
-                    if table.in_network(dst):
-                        reply = net_unreachable(mv, n, self.tun_addr)
-                        if reply is not None:
-                            _write_quietly(fd, reply)
-                        drops[C.UNREACHABLE] = drops.get(C.UNREACHABLE, 0) + 1
-                    else:
-                        drops[C.NO_ROUTE] = drops.get(C.NO_ROUTE, 0) + 1
                     continue
                 if not decrement_ttl(buf):
                     drops[TTL_EXPIRED] = drops.get(TTL_EXPIRED, 0) + 1
@@ -272,13 +285,6 @@ def close_fd(fd: int) -> None:
             os.close(fd)
         except OSError:
             pass
-
-
-def _write_quietly(fd: int, data: bytes) -> None:
-    try:
-        os.write(fd, data)
-    except OSError:
-        pass
 
 
 def _drain_pipe(fd: int) -> None:
