@@ -23,6 +23,7 @@ Pure functions only: strings and dicts in, strings and dicts out.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import posixpath
@@ -79,8 +80,15 @@ class Lease:
     def backend_type(self) -> str:
         return self.attrs.backend_type
 
+    @functools.cached_property
+    def _sides(self) -> Tuple[Side, ...]:
+        return tuple(self._make_sides())  # derived once per lease: backends ask per batch
+
     def sides(self) -> List[Side]:
         """One :class:`Side` per family the lease has, IPv4 first."""
+        return list(self._sides)
+
+    def _make_sides(self) -> List[Side]:
         out = []
         if self.subnet is not None:
             out.append(Side(4, self.subnet, _text(self.attrs.public_ip), vtep_mac(self.attrs.backend_data)))
@@ -92,7 +100,7 @@ class Lease:
     def side(self, family: int) -> Optional[Side]:
         return next((s for s in self.sides() if s.family == family), None)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """How logs and errors name a lease: '10.244.2.0/24 (198.18.0.2)'."""
         return " & ".join(f"{s.subnet} ({s.public_ip or 'no public IP'})" for s in self.sides()) or self.key

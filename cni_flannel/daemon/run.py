@@ -45,6 +45,7 @@ log = logging.getLogger("flanneld")
 
 _STOP = object()
 BACKOFF_MAX = 30.0
+FULL_RECONCILE = 10.0  # seconds between full kernel reconciles (upstream host-gw: 10 s)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Daemon:
         self.backend: Any = None
         self.masq: Any = None
         self._watch_stop = threading.Event()
+        self._next_full = 0.0
 
     # --- control ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -315,7 +317,19 @@ class Daemon:
                     self.metrics.reconcile_actions.labels(kind="rules", action="add").inc()
         except BackendError as exc:
             log.error("%s (retrying at the next resync)", exc.msg)
-        self._program("resync", lambda: self.backend.reconcile())
+        # Devices every resync (a deleted flannel.1 is back within seconds); every entry in the
+        # kernel at most every FULL_RECONCILE seconds (a dump of 2,000 peers costs ~1 s of CPU).
+        try:
+            with translated("checking devices"):
+                intact = self.backend.devices_intact()
+        except BackendError as exc:
+            log.error("%s", exc.msg)
+            intact = False
+        if not intact or started >= self._next_full:
+            if not intact:
+                log.warning("%s: a device is gone or changed; recreating it with every peer", self.backend.type)
+            self._program("resync", lambda: self.backend.reconcile())
+            self._next_full = time.monotonic() + FULL_RECONCILE
         self.metrics.resync_seconds.observe(time.monotonic() - started)
 
     def _renew_deadline(self) -> float:

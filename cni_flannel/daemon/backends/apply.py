@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from cni_flannel.daemon.backends.plan import Entry, Fdb, Neigh, Plan, RouteEntry, State, in_networks
-from cni_flannel.net.errors import NetFailure, NotFound
+from cni_flannel.net.errors import NetFailure, NotFound, failure
 from cni_flannel.net.types import RT_TABLE_MAIN, Route
 
 log = logging.getLogger("cni_flannel.daemon.backends")
@@ -84,12 +84,49 @@ def _add(h: Any, e: Entry, scope: Scope) -> None:
         h.set_fdb(scope.index(e.dev), e.mac, e.dst)
 
 
+BATCH_FROM = 16  # changes: below this, one request each is as quick and simpler
+
+
+def _message(e: Entry, add: bool, scope: Scope) -> Any:
+    from cni_flannel.net import batch
+    if isinstance(e, RouteEntry):
+        return batch.route(add, e.dst, e.gw, scope.index(e.dev), e.onlink, e.metric or 0)
+    if isinstance(e, Neigh):
+        return batch.neigh(add, scope.index(e.dev), e.ip, e.mac)
+    return batch.fdb(add, scope.index(e.dev), e.mac, e.dst)
+
+
+def _batched(h: Any, plan: Plan, scope: Scope) -> List[Tuple[Entry, NetFailure]]:
+    """apply() in three netlink round trips per window: deletes, neighbours + FDB, routes."""
+    from cni_flannel.net.batch import Batch
+    failed: List[Tuple[Entry, NetFailure]] = []
+    broken: Set[str] = set()
+    adds_first = [e for e in plan.add if not isinstance(e, RouteEntry)]
+    with Batch(getattr(h, "netns", None)) as b:
+        for entries, add in ((list(plan.delete), False), (adds_first, True), (None, True)):
+            if entries is None:  # routes last, and none for a peer whose neighbour/FDB failed
+                entries = [e for e in plan.add if isinstance(e, RouteEntry) and not (e.peer and e.peer in broken)]
+            errs = b.run([_message(e, add, scope) for e in entries])
+            for e, err in zip(entries, errs):
+                exc = failure(f"{'adding' if add else 'deleting'} {e}", err) if err else None
+                if exc is None or (not add and isinstance(exc, NotFound)):
+                    log.info("%s %s%s", "added" if add else "deleted", e, f" (peer {e.peer})" if e.peer else "")
+                    continue
+                failed.append((e, exc))
+                if add:
+                    broken.add(e.peer)
+    return failed
+
+
 def apply(h: Any, plan: Plan, scope: Scope) -> List[Tuple[Entry, NetFailure]]:
     """Apply ``plan``; return what failed (already gone counts as deleted).
 
     A peer whose neighbour or FDB entry failed gets no route: traffic to it would otherwise
     be sent into the VXLAN device with nowhere to go (upstream skips the route the same way).
+    Large plans on a real netlink handle go in batches (:mod:`cni_flannel.net.batch`).
     """
+    if len(plan.delete) + len(plan.add) >= BATCH_FROM and type(h).__name__ == "Handle":
+        return _batched(h, plan, scope)
     failed: List[Tuple[Entry, NetFailure]] = []
     broken: Set[str] = set()
     for e in plan.delete:
