@@ -94,18 +94,18 @@ def _flannel_conflist(conf_dir: str) -> Tuple[dict, str]:
 
 
 def read_netlink(f: NodeFacts) -> None:
-    from cni_flannel.net.handle import Handle
+    from cni_flannel.net.dump import Dumper
 
     from .collect_pods import find_pods
 
     try:
-        with Handle() as h:
-            f.links = h.links()
-            f.addresses = h.addresses()
-            f.routes = h.routes()
-            f.neighbours = h.neighbours()
-            f.fdb = h.neighbours(bridge=True)
-    except (CNIError, OSError) as exc:
+        with Dumper() as d:
+            f.links = d.links()
+            f.addresses = d.addresses()
+            f.routes = d.routes()
+            f.neighbours = d.neighbours()
+            f.fdb = d.neighbours(bridge=True)
+    except OSError as exc:
         raise CannotInspect(f"cannot read this node's network state over netlink: {exc}") from None
     br = f.link(BRIDGE)
     nsids = {l.peer_netnsid for l in f.links

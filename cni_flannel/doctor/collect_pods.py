@@ -13,8 +13,9 @@ import ipaddress
 import os
 from typing import Dict, Iterator, List, Set, Tuple
 
+from cni_flannel.cni.errors import CNIError
 from cni_flannel.net import ns
-from cni_flannel.net.handle import Handle
+from cni_flannel.net.dump import Dumper
 from cni_flannel.net.nsid import NsidSocket
 
 from .facts import PodNet
@@ -75,10 +76,10 @@ def find_pods(peer_nsids: Set[int]) -> List[PodNet]:
 
 def _read_pod(path: str, nsid: int) -> PodNet:
     try:
-        with Handle(path) as h:
-            links = h.links()
-            addrs = h.addresses()
-    except Exception:  # the pod went away meanwhile: an empty record, never a crash
+        with ns.enter(path), Dumper() as d:
+            links = d.links()
+            addrs = d.addresses()
+    except (OSError, CNIError):  # the pod went away meanwhile: an empty record, never a crash
         return PodNet(path, nsid)
     ips = tuple(a.address for a in addrs if a.address not in ("127.0.0.1", "::1")
                 and not ipaddress.ip_address(a.address).is_link_local)

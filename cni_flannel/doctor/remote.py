@@ -6,10 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from cni_flannel.daemon import lease as L
 from cni_flannel.daemon import netconf as netconf_mod
@@ -17,12 +16,15 @@ from cni_flannel.daemon import netconf as netconf_mod
 from .collect import Options
 from .facts import Daemon, LeaseSource, NodeFacts
 
+if TYPE_CHECKING:
+    import ssl
+
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
 def _get(url: str, timeout: float, data: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None,
-         context: Optional[ssl.SSLContext] = None):
+         context: Optional["ssl.SSLContext"] = None):
     """One request, never through a proxy from the environment (these are node-local or cluster endpoints)."""
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     handlers: list = [urllib.request.ProxyHandler({})]
@@ -139,7 +141,11 @@ def read_kube(f: NodeFacts, o: Options) -> None:
             with open(token) as fh:
                 headers["Authorization"] = "Bearer " + fh.read().strip()
         ca = o.kube_ca_file or (IN_CLUSTER_CA if os.path.exists(IN_CLUSTER_CA) else "")
-        ctx = ssl.create_default_context(cafile=ca) if ca and o.kube_api_url.startswith("https") else None
+        ctx = None
+        if o.kube_api_url.startswith("https"):
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=ca or None)
         with _get(o.kube_api_url.rstrip("/") + "/api/v1/nodes", o.http_timeout * 3, headers=headers, context=ctx) as resp:
             items = json.load(resp).get("items", [])
     except (OSError, ValueError) as exc:

@@ -191,3 +191,34 @@ def test_peer_that_does_not_answer(make_node):
     r = doctor(c.members[0].node)
     assert r.failing() == ["probe"], r
     assert "UDP 8472" in r["probe"]["fix"]
+
+
+DUMP_VS_HANDLE = """
+import json
+from cni_flannel.net.dump import Dumper
+from cni_flannel.net.handle import Handle
+with Dumper() as d, Handle() as h:
+    fields = ("index", "name", "kind", "mac", "mtu", "flags", "master", "peer_netnsid", "operstate", "vxlan")
+    lite = {"links": [[repr(getattr(l, k)) for k in fields] for l in d.links()], "addresses": d.addresses(),
+            "routes": d.routes(), "neigh": d.neighbours(), "fdb": d.neighbours(bridge=True)}
+    full = {"links": [[repr(getattr(l, k)) for k in fields] for l in h.links()], "addresses": h.addresses(),
+            "routes": h.routes(), "neigh": h.neighbours(), "fdb": h.neighbours(bridge=True)}
+print(json.dumps({k: sorted(map(repr, v)) for k, v in lite.items()}))
+print(json.dumps({k: sorted(map(repr, v)) for k, v in full.items()}))
+"""
+
+
+def test_the_fast_netlink_dump_reads_what_the_handle_reads(make_node):
+    """doctor reads namespaces with net/dump.py (no pyroute2): on a node with flannel.1, cni0,
+    veths, peers' neighbours/FDB and onlink routes it must see exactly what Handle sees."""
+    import json
+    import sys
+
+    from tests.harness.plugins import REPO_ROOT
+
+    c = make_cluster(make_node, count=3)
+    n1 = c.members[0].node
+    out = n1.run([sys.executable, "-c", DUMP_VS_HANDLE], env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    lite, full = (json.loads(line) for line in out.stdout.splitlines())
+    assert lite == full
+    assert any("flannel.1" in l and "VxlanInfo(vni=1" in l for l in lite["links"]) and len(lite["fdb"]) >= 2
