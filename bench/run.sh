@@ -6,6 +6,7 @@
 #   bench/run.sh --profile  only the profile of one in-process seed-chain ADD (bench/results/profile/)
 #   bench/run.sh --agent-profile [N]  the seed chain through the agent: per-request times, cProfile
 #   bench/run.sh --udp [..] only the udp backend's data plane vs vxlan/host-gw/veth (bench/udp/bench_udp.py)
+#   bench/run.sh --kube-scale [..]  flanneld --kube-subnet-mgr joining 2,000 Nodes (bench/daemon/kube_scale.py)
 #   (the full run and --quick end with the udp bench: bench/results/udp.json, udp-quick.json)
 #   other options go to bench/chain/driver.py (--samples N --rounds N --parallel N --out FILE)
 set -euo pipefail
@@ -26,6 +27,10 @@ fi
 if [[ ${1:-} == --profile ]]; then
     shift
     exec "$PY" bench/chain/profiling.py "$@"
+fi
+if [[ ${1:-} == --kube-scale ]]; then
+    shift
+    exec "$PY" bench/daemon/kube_scale.py "$@"
 fi
 if [[ ${1:-} == --udp ]]; then
     shift
