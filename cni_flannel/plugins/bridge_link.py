@@ -203,8 +203,8 @@ def delete_container_iface(netns: str, ifname: str) -> List[Any]:
         return []
     with Handle(netns) as pod:
         link = pod.find_link(ifname)
-        if link is None:
-            return []
+        if link is None or link.kind != "veth":
+            return []  # gone, or not the veth ADD makes (e.g. CNI_IFNAME=lo): not ours to delete
         addrs = pod.addresses(link.index)
         try:
             pod.delete_link(link.index)

@@ -65,6 +65,7 @@ class Fuzzer:
         self.counts: Counter = Counter()
         self.first_failure: Optional[str] = None
         self.known: Optional[str] = None  # the node's state when no case changed it since
+        self.messages: Counter = Counter()  # the commonest errors, to see where cases stop
 
     def invoke(self, environ: Dict[str, str], stdin: bytes) -> Tuple[int, Optional[Dict[str, Any]], str]:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -99,6 +100,7 @@ class Fuzzer:
             self.fail(f"traceback or internal error: rc={code} out={out} stderr={stderr[-800:]}", environ, stdin)
         if code != 0:
             self.counts["errors"] += 1
+            self.messages[f"{out.get('code')}: {str(out.get('msg'))[:50]}"] += 1
             if not out.get("msg") or not isinstance(out.get("code"), int):
                 self.fail(f"error without code/msg: {out}", environ, stdin)
             after = snapshot()
@@ -146,7 +148,8 @@ def main() -> int:
     except Exception as exc:  # hypothesis re-raises the shrunk failure
         error = f"{type(exc).__name__}: {exc}"
     print(json.dumps({"target": f"{args.plugin}{' (exec)' if args.use_exec else ''}", **fz.counts,
-                      "first_failure": fz.first_failure, "error": error}))
+                      "first_failure": fz.first_failure, "error": error,
+                      "top_errors": fz.messages.most_common(int(os.environ.get("CNI_FUZZ_TOP", "8")))}))
     return 1 if error else 0
 
 

@@ -8,7 +8,7 @@ type check into the code that uses the values.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from hypothesis import strategies as st
 
@@ -55,31 +55,57 @@ def json_value(max_leaves: int = 12) -> st.SearchStrategy[Any]:
         st.lists(inner, max_size=4), st.dictionaries(text(), inner, max_size=4)), max_leaves=max_leaves)
 
 
+def _paths(doc: Any, prefix: tuple = ()) -> List[tuple]:
+    """Every place in a JSON document (nested keys and list indexes), the root excluded."""
+    out = [prefix] if prefix else []
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else []
+    for key, value in items:
+        out += _paths(value, prefix + (key,))
+    return out
+
+
 def mutated(base: Dict[str, Any], fields: Dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Dict[str, Any]]:
-    """base with a few of its fields (and of the given extra field names) replaced or removed."""
-    names = sorted(set(base) | set(fields))
+    """base with one to three places, at any depth, removed or replaced (by a plausible value for
+    that field name when `fields` has one, else by any JSON), and now and then a top-level field
+    from `fields` that base lacks."""
+    places = [p for p in _paths(base) for _ in range(len(p))]  # deeper places weigh more: they are fewer
+    extra = sorted(set(fields) - set(base))
 
     @st.composite
     def build(draw) -> Dict[str, Any]:
         doc = json.loads(json.dumps(base))
-        for name in draw(st.lists(st.sampled_from(names), max_size=4, unique=True)):
+        for path in draw(st.lists(st.sampled_from(places), min_size=1, max_size=3, unique=True)):
+            parent = doc
+            try:
+                for key in path[:-1]:
+                    parent = parent[key]
+                parent[path[-1]]  # still there (an earlier change may have replaced an ancestor)
+            except (KeyError, IndexError, TypeError):
+                continue
+            if not isinstance(parent, (dict, list)):
+                continue
             choice = draw(st.integers(0, 9))
-            if choice == 0:
-                doc.pop(name, None)
+            name = path[-1]
+            if choice == 0 and isinstance(parent, dict):
+                del parent[name]
             elif choice <= 6 and name in fields:
-                doc[name] = draw(fields[name])
+                parent[name] = draw(fields[name])
+            elif choice <= 6:
+                parent[name] = draw(scalar())
             else:
-                doc[name] = draw(json_value())
+                parent[name] = draw(json_value())
+        if extra and draw(st.integers(0, 2)) == 0:
+            name = draw(st.sampled_from(extra))
+            doc[name] = draw(fields[name])
         return doc
     return build()
 
 
 def document(base: Dict[str, Any], fields: Dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[bytes]:
     """stdin / a file: mostly a mutated JSON document, sometimes raw bytes or other JSON."""
+    doc = mutated(base, fields).map(lambda d: json.dumps(d).encode())
     return st.one_of(
-        mutated(base, fields).map(lambda d: json.dumps(d).encode()),
-        mutated(base, fields).map(lambda d: json.dumps(d).encode()),
-        mutated(base, fields).map(lambda d: json.dumps(d).encode()),
+        doc, doc, doc, doc, doc, doc, doc, doc, doc, doc,
         json_value().map(lambda v: json.dumps(v).encode()),
         st.binary(max_size=200),
         st.sampled_from([b"", b"{", b"\xff\xfe", b"[]", b"null", b'{"cniVersion": 1.0}', b"{}" * 3]),
@@ -124,6 +150,12 @@ def ipam_section() -> st.SearchStrategy[Any]:
 
 
 PLUGIN_FIELDS: Dict[str, st.SearchStrategy[Any]] = {
+    "subnet": cidr(), "rangeStart": ipv4() | ipv6(), "rangeEnd": ipv4() | ipv6(), "gateway": ipv4() | ipv6(),
+    "ranges": st.lists(st.lists(st.fixed_dictionaries({"subnet": cidr()}), max_size=2), max_size=2),
+    "hostPort": st.integers(-5, 70000) | text(), "containerPort": st.integers(-5, 70000) | text(),
+    "protocol": st.sampled_from(["tcp", "udp", "sctp", "TCP", "icmp", "-j"]) | text(),
+    "address": cidr(), "interface": st.integers(-2, 5) | json_value(), "sandbox": text(),
+    "hairpinMode": json_value(), "isDefaultGateway": json_value(), "isGateway": json_value(),
     "cniVersion": st.sampled_from(VERSIONS) | json_value(),
     "name": text(),
     "type": text(),
@@ -155,18 +187,30 @@ def plugin_stdin(plugin: str) -> st.SearchStrategy[bytes]:
 
 
 def cni_env(netns: str) -> st.SearchStrategy[Dict[str, str]]:
-    """CNI_* variables: mostly plausible, one or two hostile."""
-    commands = st.sampled_from(["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "add", "", "ADD "])
-    cid = st.one_of(st.from_regex(r"[a-z0-9][a-z0-9_.\-]{0,20}", fullmatch=True), text())
-    ifname = st.one_of(st.sampled_from(["eth0", "net1", "eth0", "lo", "a" * 16, "../x", "e th", ".", ".."]), text())
-    args = st.one_of(st.just(""), st.just("IgnoreUnknown=1;K8S_POD_NAME=p"),
-                     st.lists(st.tuples(text(), text()), max_size=3).map(lambda kv: ";".join(f"{k}={v}" for k, v in kv)),
-                     st.builds(lambda ip: f"IgnoreUnknown=1;IP={ip}", ipv4()), text())
-    ns = st.one_of(st.just(netns), st.just(netns), st.just(""), st.sampled_from(
-        ["/proc/self/ns/net", "/nonexistent", "/etc/hostname", "/run/netns/../../etc/passwd"]), text())
-    return st.fixed_dictionaries({"CNI_COMMAND": commands, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname,
-                                  "CNI_ARGS": args, "CNI_NETNS": ns,
-                                  "CNI_PATH": st.sampled_from(["/opt/cni/bin", "", "/nonexistent:/opt/cni/bin"])})
+    """CNI_* variables: a plausible set with none (60 %), one or two of them hostile (deep cases
+    need the others to pass)."""
+    valid = {"CNI_COMMAND": st.sampled_from(["ADD", "ADD", "ADD", "DEL", "DEL", "CHECK"]),
+             "CNI_CONTAINERID": st.from_regex(r"[a-z0-9][a-z0-9_.\-]{0,20}", fullmatch=True),
+             "CNI_IFNAME": st.sampled_from(["eth0", "net1"]),
+             "CNI_ARGS": st.sampled_from(["", "IgnoreUnknown=1;K8S_POD_NAME=p"]),
+             "CNI_NETNS": st.just(netns), "CNI_PATH": st.just("/opt/cni/bin")}
+    hostile = {"CNI_COMMAND": st.sampled_from(["STATUS", "GC", "VERSION", "add", "", "ADD "]) | text(),
+               "CNI_CONTAINERID": text(),
+               "CNI_IFNAME": st.sampled_from(["lo", "a" * 16, "../x", "e th", ".", "..", "eth0/1"]) | text(),
+               "CNI_ARGS": st.one_of(st.lists(st.tuples(text(), text()), max_size=3).map(
+                   lambda kv: ";".join(f"{k}={v}" for k, v in kv)),
+                   st.builds(lambda ip: f"IgnoreUnknown=1;IP={ip}", ipv4()), text()),
+               "CNI_NETNS": st.sampled_from(["", "/proc/self/ns/net", "/nonexistent", "/etc/hostname",
+                                             "/run/netns/../../etc/passwd"]) | text(),
+               "CNI_PATH": st.sampled_from(["", "/nonexistent:/opt/cni/bin", "relative"])}
+
+    @st.composite
+    def build(draw) -> Dict[str, str]:
+        hostile_count = [0, 0, 0, 0, 0, 0, 1, 1, 1, 2][draw(st.integers(0, 9))]
+        bad = draw(st.lists(st.sampled_from(sorted(valid)), min_size=hostile_count, max_size=hostile_count,
+                            unique=True))
+        return {k: draw(hostile[k] if k in bad else valid[k]) for k in valid}
+    return build()
 
 
 # --- the daemon ----------------------------------------------------------------------------
