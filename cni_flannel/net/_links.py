@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
 
-from cni_flannel.net import _nl
+from cni_flannel.net import _linkparse, _nl
 from cni_flannel.net.errors import NotFound, translate
 from cni_flannel.net.types import IFF_PROMISC, IFF_UP, Link, VxlanInfo
 
@@ -52,6 +52,12 @@ def _to_link(msg: Any) -> Link:
                 operstate=str(_nl.attr(msg, "IFLA_OPERSTATE", "") or ""), vxlan=vxlan)
 
 
+def _link_of(chunk: bytes) -> Link:
+    """Our own reader for the attributes Link holds; pyroute2's full decode where it declines."""
+    link = _linkparse.parse(chunk)
+    return link if link is not None else _to_link(_nl.decode(chunk))
+
+
 class LinkOps:
     netns: Optional[str]
     _nl: "_nl.Socket"
@@ -62,7 +68,7 @@ class LinkOps:
     # --- reading -----------------------------------------------------------
     def links(self) -> List[Link]:
         with translate(f"listing links{self._where()}"):
-            return [_to_link(m) for m in self._nl.request(_nl.new("link"), _nl.RTM_GETLINK, dump=True)]
+            return [_link_of(m) for m in self._nl.request(_nl.new("link"), _nl.RTM_GETLINK, dump=True, raw=True)]
 
     def link(self, ref: LinkRef) -> Link:
         """The link named or numbered ``ref``; NotFound when there is none."""
@@ -72,10 +78,10 @@ class LinkOps:
         else:
             msg["attrs"] = [["IFLA_IFNAME", ref]]
         with translate(f"link {ref!r}{self._where()}"):
-            replies = self._nl.request(msg, _nl.RTM_GETLINK)
+            replies = self._nl.request(msg, _nl.RTM_GETLINK, raw=True)
         if not replies:
             raise NotFound(f"link {ref!r}{self._where()}: no such device")
-        return _to_link(replies[0])
+        return _link_of(replies[0])
 
     def find_link(self, ref: LinkRef) -> Optional[Link]:
         """Like :meth:`link` but None when it does not exist."""

@@ -123,8 +123,11 @@ class Socket:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def request(self, msg: Any, msg_type: int, flags: int = 0, dump: bool = False) -> List[Any]:
+    def request(self, msg: Any, msg_type: int, flags: int = 0, dump: bool = False, raw: bool = False) -> List[Any]:
         """Send ``msg``; return the decoded replies (``dump`` or get) or [] (ACKed change).
+
+        ``raw``: the replies as bytes (each a whole message, header included), for callers
+        that decode only what they need (``_linkparse``).
 
         NLM_F_DUMP shares bits with NLM_F_REPLACE/NLM_F_EXCL, so a dump is asked
         for with ``dump=True``, never through ``flags``.
@@ -140,9 +143,9 @@ class Socket:
         header["pid"] = 0
         msg.encode()
         self._sock.send(msg.data)
-        return self._collect(seq)
+        return self._collect(seq, raw)
 
-    def _collect(self, seq: int) -> List[Any]:
+    def _collect(self, seq: int, raw: bool = False) -> List[Any]:
         out: List[Any] = []
         while True:
             data = self._sock.recv(1 << 20)
@@ -163,10 +166,20 @@ class Socket:
                         raise NetlinkError(-code, os.strerror(-code))
                     return out
                 cls = _classes.get(mtype)
-                if cls is not None:
+                if raw and cls is not None:
+                    out.append(chunk)
+                elif cls is not None:
                     reply = cls(bytearray(chunk))
                     reply.decode()
                     out.append(reply)
+
+
+def decode(chunk: bytes) -> Any:
+    """A raw reply (``request(raw=True)``) decoded by pyroute2."""
+    (mtype,) = struct.unpack_from("=H", chunk, 4)
+    msg = _classes[mtype](bytearray(chunk))
+    msg.decode()
+    return msg
 
 
 def attr(msg: Any, name: str, default: Optional[Any] = None) -> Any:

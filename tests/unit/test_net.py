@@ -127,7 +127,7 @@ def test_veth_message_carries_peer_name_netns_and_mtu():
 
         class _nl:  # noqa: N801 - stands in for the Socket
             @staticmethod
-            def request(msg, mtype, flags=0, dump=False):
+            def request(msg, mtype, flags=0, dump=False, raw=False):
                 sent.append((msg, mtype, flags))
                 if mtype == _nl.RTM_GETLINK:
                     raise NetlinkError(errno.ENODEV, "x")
