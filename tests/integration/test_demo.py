@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Set
 import pytest
 
 from demo import transcript as T
-from tests.harness.netns import netns_names
+from tests.harness.netns import netns_names, run
 
 pytestmark = pytest.mark.integration
 
@@ -62,14 +62,27 @@ def assert_clean(prefix: str, out: str) -> None:
     assert not our_processes(prefix), f"processes left: {our_processes(prefix)}"
 
 
+def root_netns_state() -> Dict[str, str]:
+    """The machine's own network namespace: links, addresses, routes, firewall (tools must succeed)."""
+    state = {}
+    for argv in (["ip", "-o", "link", "show"], ["ip", "-o", "addr", "show"], ["ip", "route", "show", "table", "all"],
+                 ["iptables-save"], ["ip6tables-save"], ["nft", "list", "ruleset"]):
+        out = run(argv).stdout
+        # without iptables-save's timestamp comments and packet counters
+        state[" ".join(argv)] = re.sub(r"\[\d+:\d+\]", "", "\n".join(l for l in out.splitlines() if not l.startswith("#")))
+    return state
+
+
 @pytest.fixture(scope="module")
 def run_all() -> Dict[str, object]:
+    before = root_netns_state()
     done = subprocess.run(demo_argv("--modes", ",".join(MODES)), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     out = T.plain(done.stdout + done.stderr)
     m = PREFIX_RE.search(out)
     assert m, out[:2000]
-    return {"rc": done.returncode, "out": out, "prefix": m.group(1), "modes": T.modes(out)}
+    return {"rc": done.returncode, "out": out, "prefix": m.group(1), "modes": T.modes(out),
+            "root_before": before, "root_after": root_netns_state()}
 
 
 def section(run_all, mode: str) -> str:
@@ -122,6 +135,10 @@ def test_demo_leaves_nothing_behind(run_all) -> None:
     assert_clean(run_all["prefix"], run_all["out"])
 
 
+def test_root_network_namespace_untouched(run_all) -> None:
+    assert run_all["root_after"] == run_all["root_before"]
+
+
 def test_plugins_installed_by_the_init_containers_with_the_seed_conflist(run_all) -> None:
     cmds = T.commands(run_all["out"])
     for node in NODE_IP:
@@ -132,7 +149,6 @@ def test_plugins_installed_by_the_init_containers_with_the_seed_conflist(run_all
     assert json.loads(conflist) == json.loads((REPO / "tests/fixtures/seed-10-flannel-0.3.1.conflist").read_text())
 
 
-@UDP_BROKEN
 def test_progress_names_each_step_with_its_time(run_all) -> None:
     steps = re.findall(r"^\[\s*[\d.]+s\] done (.+) \(([\d.]+) s\)$", run_all["out"], re.M)
     names = [name for name, _ in steps]
