@@ -18,6 +18,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -31,6 +32,7 @@ from tests.harness.plugins import REPO_ROOT
 MANIFEST = REPO_ROOT / "deploy" / "kube-flannel.yml"
 P = "flannel.alpha.coreos.com/"
 API_PORT = 6443
+HEALTHZ_PORT = 8081  # the manifest's --healthz-port and probe port
 
 
 def manifest() -> Dict[str, Any]:
@@ -117,17 +119,35 @@ class KubeCluster:
         return d
 
     def wait_ready(self, name: str, timeout: float = 30.0) -> Dict[str, str]:
+        """Until this daemon's /readyz (the manifest's readiness probe) answers 200; subnet.env."""
         node, d = self.nodes[name], self.daemons[name]
 
         def ready() -> Any:
             if d.proc.poll() is not None:
                 raise AssertionError(f"flanneld on {name} exited {d.proc.returncode}:\n{d.log()}")
-            return node.exists("/run/flannel/subnet.env") and subnet_env(node)
-        return wait_for(f"subnet.env on {name}", ready, timeout)
+            return readyz(node) == 200
+        wait_for(f"/readyz on {name}", ready, timeout, interval=0.2)
+        return subnet_env(node)
 
     def annotations(self, name: str) -> Dict[str, str]:
         return {k[len(P):]: v for k, v in self.api.get(name)["metadata"].get("annotations", {}).items()
                 if k.startswith(P)}
+
+
+READYZ = """
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen("http://127.0.0.1:%d/readyz", timeout=2).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except OSError:
+    print(0)
+"""
+
+
+def readyz(node: Node) -> int:
+    """HTTP status of the node's flanneld /readyz (0: nothing listening)."""
+    return int(node.run([sys.executable, "-c", READYZ % HEALTHZ_PORT]).stdout.strip())
 
 
 def subnet_env(node: Node) -> Dict[str, str]:

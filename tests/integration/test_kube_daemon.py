@@ -59,6 +59,14 @@ def test_three_nodes_as_the_daemonset(cluster):
                      "public-ip": c.nodes[name].underlay_ip,
                      "backend-data": json.dumps({"VNI": 1, "VtepMAC": vtep_mac(c.nodes[name])}, separators=(",", ":"))}
     for name in c.nodes:
+        def conditions():
+            got = {x["type"]: x for x in c.api.get(name)["status"]["conditions"]}
+            return got if "NetworkUnavailable" in got else None
+        conds = wait_for(f"NetworkUnavailable on {name}", conditions, timeout=10)  # set right after ready
+        x = conds["NetworkUnavailable"]
+        assert (x["status"], x["reason"], x["message"]) == ("False", "FlannelIsUp", "Flannel is running on this node")
+        assert conds["Ready"]["status"] == "True"
+    for name in c.nodes:
         wait_for(f"{name}'s flannel.1 peers", lambda: converged(c, name, c.nodes), timeout=15)
     pods = {}
     for name, node in c.nodes.items():
@@ -145,6 +153,15 @@ def test_sigkill_and_restart_keeps_vtep_mac_and_routes(cluster):
     assert vtep_entries(c.nodes["n1"]) == before
     for name in ("n2", "n3"):
         assert converged(c, name, names)
+    # killed again and its flannel.1 is gone too: the VtepMAC recorded on the Node is reused,
+    # so the peers' entries stay right
+    c.daemons["n1"].kill()
+    c.nodes["n1"].run(["ip", "link", "del", "flannel.1"])
+    c.start("n1")
+    c.wait_ready("n1")
+    assert vtep_mac(c.nodes["n1"]) == mac
+    for name in names:
+        wait_for(f"{name} converged", lambda: converged(c, name, names), timeout=15)
 
 
 # --- one node: waiting for a podCIDR, bad input ----------------------------------------------
