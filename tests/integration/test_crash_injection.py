@@ -1,0 +1,31 @@
+"""Crash injection, short (tests/reliability/crashes.py; `make reliability` runs >= 1,000 crashes):
+SIGKILLs at the named crash points and at random delays, through the self-contained path and the
+agent hand-off, then DEL or GC as a runtime would — and nothing may be left on the node.
+(Debian's Go plugins run the same rounds in `make reliability`, as a measurement: they leak.)"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from tests.conftest import agent_requests, start_agent
+from tests.reliability.crashes import CrashLab
+
+ROUNDS = int(os.environ.get("CNI_CRASH_ROUNDS", "2"))
+PODS = 5
+
+
+@pytest.mark.parametrize("path", ["self-contained", "agent"])
+def test_crashes_leave_nothing(make_node, path: str) -> None:
+    node = make_node()
+    agent = start_agent(node) if path == "agent" else None
+    lab = CrashLab(node, kind="flannel", agent_pid=agent.pid if agent else None, rng=random.Random())
+    for number in range(ROUNDS):
+        lab.round(PODS, number)
+    counts = lab.counts
+    assert counts["crashes"] >= ROUNDS, counts  # the kills happened
+    assert not lab.leftover_rounds, lab.leftover_rounds
+    assert counts["del_failures"] == 0 and counts["gc_failures"] == 0 and counts["tracebacks"] == 0, counts
+    if agent:  # the hand-off path really served (no silent fallback to the self-contained one)
+        assert len([r for r in agent_requests(node) if " ADD " in r]) >= ROUNDS * PODS, agent_requests(node)
