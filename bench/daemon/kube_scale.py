@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.daemon.scale import route_count, wait  # noqa: E402
 from tests.harness.kubeapi import KubeAPI  # noqa: E402
 from tests.harness.netns import Lab  # noqa: E402
 
@@ -41,20 +42,6 @@ def peer_annotations(i: int) -> dict:
     return {P + "kube-subnet-manager": "true", P + "backend-type": "vxlan",
             P + "public-ip": f"198.19.{i // 250}.{1 + i % 250}",
             P + "backend-data": '{"VNI":1,"VtepMAC":"%s"}' % mac}
-
-
-def route_count(node) -> int:
-    out = node.run(["ip", "-4", "route", "show", "dev", "flannel.1"], check=False).stdout
-    return sum(1 for line in out.splitlines() if " via " in line)
-
-
-def wait(cond, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise SystemExit(f"bench: timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def main() -> int:

@@ -28,6 +28,7 @@ import yaml
 from tests.harness.kubeapi import KubeAPI
 from tests.harness.netns import Lab, Node, Pod
 from tests.harness.plugins import REPO_ROOT
+from tests.harness.wait import wait_until
 
 MANIFEST = REPO_ROOT / "deploy" / "kube-flannel.yml"
 P = "flannel.alpha.coreos.com/"
@@ -45,14 +46,7 @@ def manifest() -> Dict[str, Any]:
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
     """check() until truthy; fails the test (AssertionError) after timeout."""
-    end = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(check, timeout, what, interval)
 
 
 class Daemon:
