@@ -9,7 +9,8 @@ either a DEL of the chain for every pod (its namespace still there or already re
 themselves be killed once and retried), or — the pods' sandboxes gone — a GC of the chain that
 names only the surviving attachments.  After every round the node must be back at its baseline
 (the long-lived survivor pod included): IP files (empty ones too), links, addresses, saved flannel
-configs, firewall rules (iptables legacy+nft, nft), spoof-check rules, conntrack entries of pod addresses, agent
+configs, firewall rules (iptables legacy+nft, nft), spoof-check rules, TCP/UDP conntrack entries of pod addresses (a pod's own IGMP
+reports are the kernel's, not a leak), agent
 workers.  The same rounds run on Debian's Go plugins (no crash points there: random delays only).
 """
 from __future__ import annotations
@@ -209,7 +210,7 @@ echo ==; iptables-save | sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//'; ip6tables-save |
 iptables-legacy-save | sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//'
 echo ==; nft list ruleset | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | grep -v -e '^table bridge cni_spoofcheck' -e '^\s*$' || true
 echo ==; nft list table bridge cni_spoofcheck 2>/dev/null | grep -e 'cni-br-iface' -e 'macspoofchk' || true
-echo ==; conntrack -L 2>/dev/null | grep -c 'src=10\.246\.' || true
+echo ==; { conntrack -L -p udp; conntrack -L -p tcp; } 2>/dev/null | grep -c 'src=10\.246\.' || true
 """
         if self.agent_pid:
             script += f"echo ==; pgrep -P {self.agent_pid} | wc -l\n"
