@@ -7,6 +7,8 @@
 #   bench/run.sh --agent-profile [N]  the seed chain through the agent: per-request times, cProfile
 #   bench/run.sh --udp [..] only the udp backend's data plane vs vxlan/host-gw/veth (bench/udp/bench_udp.py)
 #   bench/run.sh --kube-scale [..]  flanneld --kube-subnet-mgr joining 2,000 Nodes (bench/daemon/kube_scale.py)
+#   bench/run.sh --scale [..]  flanneld (etcd) joining 2,000 leases, then 1,000 deleted (bench/daemon/scale.py;
+#                          the full run includes it: bench/results/daemon_scale.json)
 #   (the full run and --quick end with the udp bench: bench/results/udp.json, udp-quick.json)
 #   other options go to bench/chain/driver.py (--samples N --rounds N --parallel N --out FILE)
 set -euo pipefail
@@ -32,11 +34,16 @@ if [[ ${1:-} == --kube-scale ]]; then
     shift
     exec "$PY" bench/daemon/kube_scale.py "$@"
 fi
+if [[ ${1:-} == --scale ]]; then
+    shift
+    exec "$PY" bench/daemon/scale.py "$@"
+fi
 if [[ ${1:-} == --udp ]]; then
     shift
     exec "$PY" bench/udp/bench_udp.py "$@"
 fi
 "$PY" bench/chain/driver.py "$@"
+[[ -n "$*" ]] || "$PY" bench/daemon/scale.py
 case "$*" in
     "") exec "$PY" bench/udp/bench_udp.py --profile ;;
     --quick) exec "$PY" bench/udp/bench_udp.py --quick --out bench/results/udp-quick.json ;;

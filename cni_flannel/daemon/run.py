@@ -274,6 +274,7 @@ class Daemon:
             raise LeaseRevoked(f"Lease has been revoked: {self.lease.key} is gone from the store")
         peers = [l for l in leases if not self._own(l)]
         self._program("reconcile", lambda: self.backend.reconcile(peers))
+        self._next_full = time.monotonic() + FULL_RECONCILE  # that was a full one
         log.info("programmed %d peers from a full listing", len(self.backend.peers))
 
     def _events(self, batch: List[Event]) -> None:
@@ -282,8 +283,11 @@ class Daemon:
             if ev.type == REMOVED and self._own(ev.lease):
                 raise LeaseRevoked(f"Lease has been revoked: {ev.lease.key} was deleted or expired")
         peers = [ev for ev in batch if not self._own(ev.lease)]
-        for ev in peers:
-            log.info("peer %s %s", ev.lease.name, "added" if ev.type == ADDED else "removed")
+        for ev in peers:  # upstream logs every peer change at info too
+            if ev.type == ADDED:
+                log.info("peer %s added", ev.lease.name)
+            else:
+                log.info("peer %s removed", ev.lease.key)
         if peers:
             self._program("events", lambda: self.backend.handle(peers))
 
@@ -300,8 +304,13 @@ class Daemon:
             log.error("%s (retrying at the next resync)", exc.msg)
         else:
             for action, entries in (("delete", plan.delete), ("add", plan.add)):
+                counts: dict = {}
                 for e in entries:
-                    self.metrics.reconcile_actions.labels(kind=_kind(e), action=action).inc()
+                    counts[_kind(e)] = counts.get(_kind(e), 0) + 1
+                for kind, n in counts.items():
+                    self.metrics.reconcile_actions.labels(kind=kind, action=action).inc(n)
+            if len(plan.delete) + len(plan.add) > 20:
+                log.info("%s: %d entries deleted, %d added", what, len(plan.delete), len(plan.add))
         self.metrics.peers.set(len(self.backend.peers))
 
     def resync(self) -> None:

@@ -18,22 +18,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from tests.harness.etcd import EtcdServer, in_netns
 from tests.harness.netns import Node
 from tests.harness.plugins import FROZEN_DIR
+from tests.harness.wait import wait_until
 
 FLANNELD = FROZEN_DIR / "flanneld"
 PREFIX = "/coreos.com/network"
 HEALTHZ_PORT = 9899
 VXLAN_CONF = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_get(node: Node, path: str, port: int = HEALTHZ_PORT) -> Tuple[int, str]:

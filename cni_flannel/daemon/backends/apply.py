@@ -110,7 +110,7 @@ def _batched(h: Any, plan: Plan, scope: Scope) -> List[Tuple[Entry, NetFailure]]
             for e, err in zip(entries, errs):
                 exc = failure(f"{'adding' if add else 'deleting'} {e}", err) if err else None
                 if exc is None or (not add and isinstance(exc, NotFound)):
-                    log.info("%s %s%s", "added" if add else "deleted", e, f" (peer {e.peer})" if e.peer else "")
+                    log.debug("%s %s%s", "added" if add else "deleted", e, f" (peer {e.peer})" if e.peer else "")
                     continue
                 failed.append((e, exc))
                 if add:
