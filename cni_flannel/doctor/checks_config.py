@@ -11,7 +11,10 @@ from . import model as M
 from .common import duration, node_ips, subnets
 from .facts import NodeFacts
 
-LEASE_METRIC = "flannel_lease_expiration_timestamp_seconds"
+# flanneld's gauge (cni_flannel/daemon/metrics.py; 0: the lease never expires), and the name
+# first announced for it.
+LEASE_METRICS = ("flannel_lease_expiry_timestamp_seconds", "flannel_lease_expiration_timestamp_seconds")
+LEASE_METRIC = LEASE_METRICS[0]
 START_FLANNELD = ("start flanneld on this node; with kube-flannel: kubectl -n kube-flannel get pods -o wide "
                   "--field-selector spec.nodeName=<node>, then `kubectl -n kube-flannel logs <that pod>` says "
                   "why it has not written the file")
@@ -125,8 +128,11 @@ def lease_expiry(f: NodeFacts, now: Optional[float] = None) -> M.Check:
         return M.ok(cid, title, "kube subnet manager: the lease is the Node's podCIDR and does not expire")
     if src is not None and src.ttl is not None:
         left, where = src.ttl, f"etcd ({src.where})"
-    elif f.daemon is not None and LEASE_METRIC in f.daemon.metrics:
-        left, where = f.daemon.metrics[LEASE_METRIC] - now, f"{f.daemon.url}/metrics"
+    elif f.daemon is not None and any(m in f.daemon.metrics for m in LEASE_METRICS):
+        stamp = next(f.daemon.metrics[m] for m in LEASE_METRICS if m in f.daemon.metrics)
+        if stamp == 0:
+            return M.ok(cid, title, f"{f.daemon.url}/metrics: the lease has no expiry")
+        left, where = stamp - now, f"{f.daemon.url}/metrics"
     if left is None:
         return M.unknown(cid, title, "not checked: needs --etcd-endpoints, or the daemon's /metrics "
                          f"({LEASE_METRIC})")

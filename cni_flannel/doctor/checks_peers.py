@@ -195,4 +195,5 @@ def peer_probe(f: NodeFacts) -> M.Check:
                       "for a live peer: check that UDP 8472 (vxlan) passes between the nodes (cloud security "
                       "groups, host firewalls) and that flanneld runs there; for a node that is gone: its "
                       "entries here are stale (see 'stale peer entries')", items=items)
-    return M.ok(cid, title, f"all {plural(len(f.probes), 'peer')} answer", items=items)
+    answer = "the peer answers" if len(f.probes) == 1 else f"all {len(f.probes)} peers answer"
+    return M.ok(cid, title, answer, items=items)

@@ -60,4 +60,4 @@ def doctor(as_json: bool, verbose: bool, subnet_file: str, net_config_path: str,
     out = to_json(report) if as_json else table(report, colour=sys.stdout.isatty(), verbose=verbose)
     sys.stdout.write(out)
     sys.stdout.flush()
-    sys.exit(report.exit_code)
+    click.get_current_context().exit(report.exit_code)  # flanneld's CLI runs us with standalone_mode=False

@@ -16,7 +16,6 @@ from typing import Dict, Iterator, List, Set, Tuple
 from cni_flannel.cni.errors import CNIError
 from cni_flannel.net import ns
 from cni_flannel.net.dump import Dumper
-from cni_flannel.net.nsid import NsidSocket
 
 from .facts import PodNet
 
@@ -47,7 +46,7 @@ def find_pods(peer_nsids: Set[int]) -> List[PodNet]:
     seen: Set[Tuple[int, int]] = set()
     own = os.stat(ns.SELF)
     seen.add((own.st_dev, own.st_ino))
-    with NsidSocket() as sock:
+    with Dumper() as sock:
         for path in _candidates():
             try:
                 st = os.stat(path)

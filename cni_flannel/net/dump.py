@@ -1,5 +1,6 @@
 """Read-only netlink dumps without pyroute2: links, addresses, routes, neighbours and FDB of
-the calling thread's namespace, as the records of ``types`` (stdlib only).
+the calling thread's namespace, as the records of ``types``; and ``nsid_of``, the id this
+namespace gives another one (stdlib only).
 
 For readers of many namespaces (``flanneld doctor`` reads every pod's): pyroute2's generic
 decoder costs ~5 ms per link message, this ~0.05 ms, and importing it is skipped entirely.
@@ -18,6 +19,8 @@ from cni_flannel.net.errors import NetlinkError
 from cni_flannel.net.types import RT_TABLE_MAIN, Address, Link, Neighbour, Route, VxlanInfo
 
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
+RTM_NEWNSID, RTM_GETNSID = 88, 90
+NETNSA_NSID, NETNSA_FD = 1, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 AF_BRIDGE = 7
@@ -80,10 +83,10 @@ class Dumper:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _dump(self, mtype: int, body: bytes) -> Iterator[Tuple[bytes, int, int]]:
+    def _dump(self, mtype: int, body: bytes, flags: int = NLM_F_DUMP) -> Iterator[Tuple[bytes, int, int]]:
         """(data, payload offset, message end) for each reply message."""
         self._seq += 1
-        self._sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) + body)
+        self._sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST | flags, self._seq, 0) + body)
         while True:
             data = self._sock.recv(1 << 20)
             offset = 0
@@ -96,6 +99,9 @@ class Dumper:
                 if seq != self._seq:
                     continue
                 if rtype == NLMSG_DONE:
+                    return
+                if rtype == RTM_NEWNSID:  # the one answer to a GETNSID request
+                    yield data, start, end
                     return
                 if rtype == NLMSG_ERROR:
                     (code,) = struct.unpack_from("=i", data, start)
@@ -160,3 +166,16 @@ class Dumper:
             out.append(Neighbour(index=index, ip=_ip(a.get(1)), mac=_mac(a.get(2)), state=state,
                                  bridge=fam == AF_BRIDGE))
         return out
+
+    def nsid_of(self, fd: int) -> int:
+        """The id this namespace gives the namespace open at ``fd``; -1 when it gives none.
+
+        A veth whose peer lives in another namespace names it by this id
+        (``Link.peer_netnsid``), so the namespaces at the other end of our veths are told
+        apart from every other one without entering them."""
+        body = struct.pack("=B3x", socket.AF_UNSPEC) + struct.pack("=HHI", 8, NETNSA_FD, fd)
+        for data, start, end in self._dump(RTM_GETNSID, body, flags=0):
+            a = _attrs(data, start + 4, end)
+            if NETNSA_NSID in a:
+                return struct.unpack("=i", a[NETNSA_NSID][:4])[0]
+        return -1

@@ -67,9 +67,10 @@ class Report:
                                       for c in self.doc["checks"] if c["status"] != "ok")
 
 
-def doctor(node: Node, *args: str, table: bool = False) -> Report:
-    """Run ``flannel doctor --json`` (and the table form) in node; the JSON must match the schema."""
-    base = ["/opt/cni/bin/flannel", "doctor", "--net-config-path", NET_CONF_PATH, "--node-name", node.name,
+def doctor(node: Node, *args: str, table: bool = False, binary: str = "/opt/cni/bin/flannel") -> Report:
+    """Run ``<binary> doctor --json`` (and the table form) in node; the JSON must match the schema.
+    binary: the plugin (``cni-flannel doctor``) or dist/cni/flanneld (``flanneld doctor``)."""
+    base = [binary, "doctor", "--net-config-path", NET_CONF_PATH, "--node-name", node.name,
             "--probe-timeout", "0.5", *args]
     done = node.run([*base, "--json"], check=False)
     assert done.returncode in (0, 1, 2), f"doctor crashed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
