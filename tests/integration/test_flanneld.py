@@ -156,3 +156,33 @@ def test_restart_keeps_subnet_mac_and_routes_and_sigterm_leaves_everything(make_
     etcd.server.delete(f"{PREFIX}/subnets/{own_key(n1)}")
     assert daemons[0].wait(15) == 1
     wait_until(lambda: vtep(n2) == {"neigh": [], "fdb": [], "routes": []}, 10, "n2 drops n1")
+
+
+def test_host_gw_dual_stack(make_node, etcd_factory):
+    """host-gw over both families: one code path picks eth0's IPv4 and IPv6 addresses, leases a
+    subnet of each, and routes each peer's subnets via its public addresses."""
+    conf = ('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56",'
+            ' "Backend": {"Type": "host-gw"}}')
+    etcd = EtcdNode(make_node, etcd_factory, conf=conf)
+    nodes = []
+    for i in (1, 2):
+        n = flannel_node(make_node(f"n{i}", underlay=True), subnet_env=None)
+        n.run(["ip", "addr", "add", f"2001:db8::{i}/64", "dev", "eth0", "nodad"])
+        nodes.append(n)
+    for d in [Flanneld(n, etcd.endpoint) for n in nodes]:
+        d.start().ready()
+    leases = etcd.leases()
+    assert len(leases) == 2 and all("&fd00:10:244:" in k for k in leases), leases
+    for n, other, i in ((nodes[0], nodes[1], 2), (nodes[1], nodes[0], 1)):
+        env = subnet_env(n)
+        assert env["FLANNEL_MTU"] == "1500" and env["FLANNEL_IPV6_NETWORK"] == "fd00:10:244::/56"
+        v4, v6 = subnet_env(other)["FLANNEL_SUBNET"], subnet_env(other)["FLANNEL_IPV6_SUBNET"]
+        net4 = v4.rsplit(".", 1)[0] + ".0/24"
+        net6 = v6.split("::")[0] + "::/64"
+        wait_until(lambda: f"{net4} via {other.underlay_ip} dev eth0" in n.run(["ip", "-4", "route"]).stdout,
+                   10, f"{n.name}'s IPv4 route to {other.name}")
+        wait_until(lambda: f"{net6} via 2001:db8::{i} dev eth0" in n.run(["ip", "-6", "route"]).stdout,
+                   10, f"{n.name}'s IPv6 route to {other.name}")
+    value = json.loads(etcd.leases()[own_key(nodes[0]) + "&" + subnet_env(nodes[0])["FLANNEL_IPV6_SUBNET"]
+                                     .replace("::1/", "::-")]["value"])
+    assert (value["PublicIP"], value["PublicIPv6"], value["BackendType"]) == (nodes[0].underlay_ip, "2001:db8::1", "host-gw")
