@@ -34,6 +34,8 @@ import ctypes
 import json
 import os
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -70,8 +72,10 @@ def _now() -> str:
 
 class KubeAPI:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, netns: Optional[str] = None,
-                 bookmark_interval: float = 1.0, token: Optional[str] = None) -> None:
+                 bookmark_interval: float = 1.0, token: Optional[str] = None,
+                 tls: Optional[Tuple[str, str]] = None) -> None:
         self.host, self.port, self.netns = host, port, netns
+        self.tls = tls  # (certificate, key) files: serve https
         self.bookmark_interval = bookmark_interval
         self.token = token  # when set, requests need "Authorization: Bearer <token>"
         self.forbidden: Set[Tuple[str, str]] = set()  # (verb, "nodes" | "nodes/status")
@@ -89,11 +93,15 @@ class KubeAPI:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> "KubeAPI":
         sock = self._listen()
         self.port = sock.getsockname()[1]
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         server = ThreadingHTTPServer((self.host, self.port), _make_handler(self), bind_and_activate=False)
         server.socket.close()
         server.socket = sock
@@ -338,6 +346,15 @@ class KubeAPI:
                                                       "metadata": {"resourceVersion": str(max(since, current))}}}
 
 
+def self_signed(directory: str, ip: str = "127.0.0.1") -> Tuple[str, str]:
+    """A self-signed CA certificate for ``ip`` (what a cluster's ca.crt would be), and its key."""
+    cert, key = os.path.join(directory, "apiserver.crt"), os.path.join(directory, "apiserver.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kubernetes",
+                    "-addext", f"subjectAltName=IP:{ip}", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 def _setns(name: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
@@ -356,6 +373,8 @@ def _make_handler(api: KubeAPI):
             pass
 
         def setup(self) -> None:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.do_handshake()  # here, in the connection's thread, not in accept()
             super().setup()
             with api._cond:
                 api._conns.add(self.connection)

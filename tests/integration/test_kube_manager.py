@@ -328,3 +328,36 @@ def test_bookmarks_keep_the_resume_point_fresh(api, conf_file):
         assert str(batch[0].lease.subnet) == "10.244.1.0/24"
     finally:
         w.close()
+
+
+def test_in_cluster_service_account_over_tls(tmp_path, conf_file, monkeypatch):
+    """The DaemonSet's way in: KUBERNETES_SERVICE_HOST/PORT and the mounted service account
+    (token, ca.crt, namespace) -> https with the cluster CA and the bearer token."""
+    from tests.harness.kubeapi import self_signed
+    cert, key = self_signed(str(tmp_path))
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text("sa-token")
+    (sa / "namespace").write_text("kube-flannel")
+    (sa / "ca.crt").write_bytes(open(cert, "rb").read())
+    with KubeAPI(token="sa-token", tls=(cert, key)) as api:
+        api.add_node("n1", pod_cidrs=["10.244.0.0/24"])
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+        opts = KubeOptions(node_name="n1", net_config_path=str(conf_file),
+                           connection=Connection(service_account_dir=str(sa)))
+        m = KubeSubnetManager(opts)
+        assert m.client.server.startswith("https://127.0.0.1:")
+        assert str(m.acquire_lease(vxlan_attrs()).subnet) == "10.244.0.0/24"
+        m.mark_network_available()
+        assert api.get("n1")["metadata"]["annotations"][P + "public-ip"] == "192.0.2.11"
+        (sa / "token").write_text("revoked")
+        with pytest.raises(StoreError, match="401 Unauthorized"):
+            KubeSubnetManager(opts).acquire_lease(vxlan_attrs())
+        (tmp_path / "other").mkdir()
+        other_cert, _ = self_signed(str(tmp_path / "other"))  # a CA that did not sign the server
+        (sa / "ca.crt").write_bytes(open(other_cert, "rb").read())
+        (sa / "token").write_text("sa-token")
+        with pytest.raises(StoreError, match="TLS certificate is not trusted") as err:
+            KubeSubnetManager(opts).acquire_lease(vxlan_attrs())
+        assert not isinstance(err.value, StoreUnavailable)  # not retried for minutes

@@ -110,6 +110,9 @@ class KubeClient:
             raise self._status_error(what, exc.response.status_code, body.get("reason"),
                                      body.get("message") or exc.response.reason_phrase) from None
         except (httpx.TransportError, httpx.StreamError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # retrying cannot help: say which trust failed
+                raise StoreError(f"{what}: the API server {self.server}'s TLS certificate is not trusted "
+                                 f"({_why(exc)}): check the cluster CA (ca.crt / certificate-authority)") from None
             raise StoreUnavailable(f"{what}: API server {self.server} unreachable: {_why(exc)}") from None
         except ValueError as exc:  # JSON that is not JSON
             raise StoreUnavailable(f"{what}: bad answer from {self.server}: {exc}") from None
