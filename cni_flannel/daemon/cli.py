@@ -250,7 +250,11 @@ def doctor(argv: Sequence[str]) -> int:
     except ImportError:
         print("flanneld: error: 'flanneld doctor' is not part of this build", file=sys.stderr)
         return errors.EXIT_USAGE
-    return int(command_.main(args=list(argv), prog_name="flanneld doctor", standalone_mode=False) or 0)
+    try:
+        return int(command_.main(args=list(argv), prog_name="flanneld doctor", standalone_mode=False) or 0)
+    except click.ClickException as exc:
+        print(f"flanneld doctor: error: {exc.format_message().splitlines()[0]}", file=sys.stderr)
+        return errors.EXIT_USAGE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

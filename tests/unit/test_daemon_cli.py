@@ -96,3 +96,11 @@ def test_short_test_ttl_renews_at_a_third():
 
 def test_managers_are_a_registry():
     assert set(cli.MANAGERS) >= {"etcd", "kube"}
+
+
+def test_doctor_is_dispatched(capsys):
+    assert cli.main(["doctor", "--help"]) == 0
+    assert "flanneld doctor" in capsys.readouterr().out
+    assert cli.main(["doctor", "--no-such-doctor-flag"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-doctor-flag" in err
