@@ -107,6 +107,10 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
             result["cpu_us_per_packet"] = {
                 "encapsulate": round(out["cpu_seconds"] / max(out["packets"], 1) * 1e6, 2),
                 "decapsulate": round(inn["cpu_seconds"] / max(inn["packets"], 1) * 1e6, 2)}
+            # What one core per direction would carry at that cost (an estimate, not a measurement:
+            # on a shared machine the threads get what the other processes leave).
+            worst = max(result["cpu_us_per_packet"].values()) or 1
+            result["cpu_bound_gbps_estimate"] = round(out["bytes"] / max(out["packets"], 1) * 8 / worst / 1e3, 2)
         if profile:
             for m in c.members:
                 m.proc.finish()
@@ -114,16 +118,23 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
 
 
 def show_profile(prefix: str, top: int = 14) -> Dict[str, List[str]]:
+    """Print and save (bench/results/profile/udp-<node>.<thread>.txt) each thread's CPU profile;
+    the raw cProfile dumps are removed."""
     out: Dict[str, List[str]] = {}
-    for path in sorted(PROFILE_DIR.glob(Path(prefix).name + ".*")):
+    for path in sorted(Path(prefix).parent.glob(Path(prefix).name + ".*")):
+        if path.suffix == ".txt":
+            continue
         stats = pstats.Stats(str(path))
         total = stats.total_tt  # type: ignore[attr-defined]
         rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]  # type: ignore[attr-defined]
         lines = [f"{tt / total * 100:5.1f}%  {calls:>9}  {pstats.func_std_string(func)}"
                  for func, (cc, calls, tt, ct, callers) in rows]
-        out[path.name] = lines
-        print(f"\n{path.name}: {total:.2f} s in the thread (self time, top {top})")
-        print("\n".join(lines))
+        name = path.name.replace("udp.", "udp-", 1)
+        head = f"{name}: {total:.2f} s of CPU in the thread (self time, top {top})"
+        out[name] = lines
+        print(f"\n{head}\n" + "\n".join(lines))
+        (PROFILE_DIR / f"{name}.txt").write_text(head + "\n" + "\n".join(lines) + "\n")
+        path.unlink()
     return out
 
 
@@ -155,7 +166,7 @@ def main() -> int:
     if args.profile:
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
         prefix = str(PROFILE_DIR / "udp")
-        for old in PROFILE_DIR.glob("udp.*"):
+        for old in PROFILE_DIR.glob("udp[.-]*"):
             old.unlink()
         doc["profiled_run"] = bench_backend("udp", args.seconds, 1, profile=prefix)
         doc["profile"] = show_profile(prefix)

@@ -141,7 +141,7 @@ class OffloadForwarder(Forwarder):
                 valid.clear()
                 off = 0
                 while off < n:
-                    size = min(step, n - off)
+                    size = step if off + step <= n else n - off
                     p = mv[off:off + size]
                     why = C.OVERSIZED if size > mtu else check_ipv4(p, size)
                     if why is None and int.from_bytes(p[16:20], "big") & own_mask != own_net:
@@ -150,6 +150,7 @@ class OffloadForwarder(Forwarder):
                         why = TTL_EXPIRED
                     if why is None:
                         valid.append((off, size))
+                        nbytes += size
                     else:
                         drops[why] = drops.get(why, 0) + 1
                     off += size
@@ -167,7 +168,6 @@ class OffloadForwarder(Forwarder):
                     except OSError:
                         drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
                 packets += len(valid)
-                nbytes += sum(size for _, size in valid)
             stats.add(packets, nbytes, drops, thread_time())
 
 

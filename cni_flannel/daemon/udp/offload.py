@@ -32,6 +32,7 @@ UDP_GRO = 104
 MAX_GSO_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS is 64 (older) or 128
 
 _VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+_HH, _H, _I = struct.Struct("!HH"), struct.Struct("!H"), struct.Struct("!I")
 PROTO_TCP = 6
 PROTO_UDP = 17
 
@@ -101,7 +102,7 @@ def segment_tcp4(pkt: memoryview, n: int, mss: int, out: bytearray) -> Tuple[int
     hdr[t + 16] = hdr[t + 17] = 0                                   # checksum: per packet
     ip_base = int.from_bytes(hdr[:ihl], "big")
     tcp_base = int.from_bytes(hdr[ihl:hl], "big") + int.from_bytes(hdr[12:20], "big") + PROTO_TCP
-    pack_into = struct.pack_into
+    put_hh, put_h, put_i = _HH.pack_into, _H.pack_into, _I.pack_into
     pos, off = 0, hl
     for i in range(count):
         size = mss if i < count - 1 else data - mss * (count - 1)
@@ -112,15 +113,15 @@ def segment_tcp4(pkt: memoryview, n: int, mss: int, out: bytearray) -> Tuple[int
         if i:
             f &= ~0x80                                    # CWR only on the first
         s = (ip_base + total + ident) % 0xFFFF
-        pack_into("!HH", out, pos + 2, total, ident)
-        pack_into("!H", out, pos + 10, ~s & 0xFFFF if s else 0)
+        put_hh(out, pos + 2, total, ident)
+        put_h(out, pos + 10, ~s & 0xFFFF if s else 0)
         body = int.from_bytes(pkt[off:off + size], "big") % 0xFFFF  # the one big-number step
         if size % 2:
             body = (body << 8) % 0xFFFF  # an odd tail is padded with a zero byte
         s = (body + tcp_base + total - ihl + (seq >> 16) + (seq & 0xFFFF) + f - flags) % 0xFFFF
-        pack_into("!I", out, pos + ihl + 4, seq)
+        put_i(out, pos + ihl + 4, seq)
         out[pos + ihl + 13] = f
-        pack_into("!H", out, pos + ihl + 16, ~s & 0xFFFF if s else 0xFFFF)
+        put_h(out, pos + ihl + 16, ~s & 0xFFFF if s else 0xFFFF)
         ident = (ident + 1) & 0xFFFF
         seq = (seq + size) & 0xFFFFFFFF
         off += size
