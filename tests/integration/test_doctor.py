@@ -33,7 +33,7 @@ def test_healthy_node_is_all_ok_and_the_json_has_every_check(make_node):
 
 
 def test_subnet_env_removed(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = c.members[0].node
     n1.run(["rm", "/run/flannel/subnet.env"])
     r = doctor(n1, table=True)
@@ -48,7 +48,7 @@ def test_subnet_env_removed(make_node):
 def test_lease_moved_to_another_subnet(make_node):
     """etcd gave this node a new subnet (its old lease expired while it was down) but
     subnet.env still has the old one."""
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = etcd_with_leases(c)
     m1 = c.members[0]
     n1.run(["etcdctl", "--endpoints", ETCD_URL, "del", "/coreos.com/network/subnets/10.244.1.0-24"],
@@ -61,7 +61,7 @@ def test_lease_moved_to_another_subnet(make_node):
 
 
 def test_lease_close_to_expiry_was_not_renewed(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = etcd_with_leases(c, ttl=1200)  # 20 minutes left: the renewal (due 60 minutes before) failed
     r = doctor(n1, "--etcd-endpoints", ETCD_URL)
     assert r.failing() == ["lease-expiry"], r
@@ -70,14 +70,14 @@ def test_lease_close_to_expiry_was_not_renewed(make_node):
 
 
 def test_unreachable_etcd_is_not_checked_rather_than_failed(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     r = doctor(c.members[0].node, "--etcd-endpoints", ETCD_URL)  # nothing listens there
     assert r.rc == 0, r
     assert r.status("lease") == "unknown" and "etcd unreachable" in r["lease"]["evidence"], r
 
 
 def test_net_conf_changed_after_subnet_env_was_written(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = c.members[0].node
     n1.write_file(NET_CONF_PATH, json.dumps({**NET_CONF, "Network": "10.245.0.0/16"}))
     r = doctor(n1)
@@ -86,7 +86,7 @@ def test_net_conf_changed_after_subnet_env_was_written(make_node):
 
 
 def test_daemon_not_running_on_the_given_health_port(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     r = doctor(c.members[0].node, "--healthz-port", "8471")
     assert r.failing() == ["daemon"], r
     assert r["daemon"]["evidence"].startswith("nothing answers on http://127.0.0.1:8471/readyz")

@@ -71,7 +71,7 @@ def _proc_copy(node, tmp_path, drop=(), release=None) -> str:
 
 
 def test_br_netfilter_not_loaded(make_node, tmp_path):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = c.members[0].node
     root = _proc_copy(n1, tmp_path, drop=("sys/net/bridge/bridge-nf-call-iptables",
                                           "sys/net/bridge/bridge-nf-call-ip6tables"))
@@ -84,7 +84,7 @@ def test_br_netfilter_not_loaded(make_node, tmp_path):
 
 
 def test_old_kernel_with_vxlan_checksum_offload(make_node, tmp_path):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = c.members[0].node
     r = doctor(n1, "--proc-root", _proc_copy(n1, tmp_path, release="5.4.0-150-generic"))
     assert r.failing() == ["vxlan-offload"], r  # offload is on: the kernel's default for a vxlan device
@@ -93,7 +93,7 @@ def test_old_kernel_with_vxlan_checksum_offload(make_node, tmp_path):
 
 
 def test_ip_forward_off(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = c.members[0].node
     n1.run(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
     r = doctor(n1)
@@ -119,7 +119,7 @@ def test_forward_policy_drop_without_flannel_fwd(make_node):
 
 def test_flannel_postrtg_flushed(make_node):
     """Something flushed the nat chain (flannel#2237) and no flanneld re-adds it."""
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = c.members[0].node
     n1.run(["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"])
     r = doctor(n1)
@@ -130,7 +130,7 @@ def test_flannel_postrtg_flushed(make_node):
 
 def test_flannel_rules_in_the_iptables_the_node_does_not_use(make_node):
     """kube-proxy's hint says nft; flanneld wrote its chains with iptables-legacy."""
-    c = make_cluster(make_node, masq=False)
+    c = make_cluster(make_node, masq=False, pods=0)
     n1 = c.members[0].node
     n1.run(["iptables-nft", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"])
     legacy = IptablesFirewall("legacy", node_runner(n1))
@@ -143,7 +143,7 @@ def test_flannel_rules_in_the_iptables_the_node_does_not_use(make_node):
 
 
 def test_peer_neighbour_lost(make_node):
-    c = make_cluster(make_node, count=3)
+    c = make_cluster(make_node, count=3, pods=0)
     n1 = c.members[0].node
     n1.run(["ip", "neigh", "del", "10.244.3.0", "dev", "flannel.1"])
     r = doctor(n1)
@@ -162,7 +162,7 @@ def _plant_vanished_peer(node) -> None:
 
 
 def test_stale_route_to_a_vanished_peer_against_the_leases(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = etcd_with_leases(c)
     _plant_vanished_peer(n1)
     r = doctor(n1, "--etcd-endpoints", ETCD_URL)
@@ -174,7 +174,7 @@ def test_stale_route_to_a_vanished_peer_against_the_leases(make_node):
 
 
 def test_vanished_peer_without_a_lease_store_fails_the_probe(make_node):
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     n1 = c.members[0].node
     _plant_vanished_peer(n1)
     r = doctor(n1)
@@ -186,7 +186,7 @@ def test_vanished_peer_without_a_lease_store_fails_the_probe(make_node):
 def test_peer_that_does_not_answer(make_node):
     """The peer's entries here are right but its VTEP is down (its flanneld died and someone
     removed flannel.1, or UDP 8472 is filtered)."""
-    c = make_cluster(make_node)
+    c = make_cluster(make_node, pods=0)
     c.members[1].node.run(["ip", "link", "set", "flannel.1", "down"])
     r = doctor(c.members[0].node)
     assert r.failing() == ["probe"], r
