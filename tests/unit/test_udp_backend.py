@@ -66,3 +66,20 @@ def test_setup_refuses_leases_it_cannot_carry_before_touching_the_node():
         be.setup(Lease.from_dict({"Subnet": "10.245.1.0/24", "PublicIP": "198.18.0.1", "BackendType": ""}))
     with pytest.raises(BackendError, match="IPv4 only"):
         be.setup(Lease.from_dict({"IPv6Subnet": "fd00:0:0:1::/64", "PublicIPv6": "2001:db8::1", "BackendType": "udp"}))
+
+
+def test_a_forwarding_loop_that_dies_of_a_bug_is_restarted(caplog):
+    from cni_flannel.daemon.udp.forwarder import _thread_main
+    calls = []
+
+    def loop():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ZeroDivisionError("a bug")
+
+    _thread_main(loop, "udp-test", lambda: False, pause=0)()
+    assert len(calls) == 3
+    assert caplog.text.count("udp forwarder udp-test failed; restarting it") == 2
+    calls.clear()
+    _thread_main(loop, "udp-test", lambda: True, pause=0)()  # stopping: no restart
+    assert len(calls) == 1

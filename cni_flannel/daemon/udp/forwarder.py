@@ -63,7 +63,7 @@ class Forwarder:
     # --- control (called from the backend's thread) ----------------------------------
     def start(self) -> None:
         for target, name in ((self._tun_to_udp, "udp-tun2udp"), (self._udp_to_tun, "udp-udp2tun")):
-            t = threading.Thread(target=_profiled(target, name), name=name, daemon=True)
+            t = threading.Thread(target=_thread_main(target, name, lambda: self._stopping), name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -240,25 +240,36 @@ class Forwarder:
             stats.add(packets, nbytes, drops, thread_time())
 
 
-def _profiled(target: Callable[[], None], name: str) -> Callable[[], None]:
+def _thread_main(target: Callable[[], None], name: str, stopping: Callable[[], bool],
+                 pause: float = 1.0) -> Callable[[], None]:
+    """The body of a forwarding thread: raised priority, optional profiling (PROFILE_ENV), and
+    supervision - a loop that dies of a bug is logged with its traceback and started again, so
+    the node's data plane never silently stops while the daemon looks healthy."""
     path = os.environ.get(PROFILE_ENV)
 
-    def prioritized() -> None:
+    def supervised() -> None:
         _raise_priority(name)
-        target()
+        while True:
+            try:
+                target()
+                return
+            except Exception:  # noqa: BLE001 - a bug; the traffic must keep flowing
+                log.exception("udp forwarder %s failed; restarting it", name)
+                if stopping():
+                    return
+                time.sleep(pause)
 
     if not path:
-        return prioritized
+        return supervised
 
-    def run() -> None:
-        _raise_priority(name)
+    def profiled() -> None:
         import cProfile
         prof = cProfile.Profile(time.thread_time)  # CPU time: waiting for a CPU is not work
         try:
-            prof.runcall(target)
+            prof.runcall(supervised)
         finally:
             prof.dump_stats(f"{path}.{name}")
-    return run
+    return profiled
 
 
 def _raise_priority(name: str) -> None:
