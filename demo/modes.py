@@ -106,11 +106,28 @@ class Walkthrough:
                 wait_until(lambda: all(r in node.run(["ip", "-4", "route"]).stdout for r in want), 20,
                            f"{node.name}: routes {want}")
             c.check_running()
+        self.remove_leftovers(mode)
         c.etcdctl("get", "--prefix", "/coreos.com/network/subnets")
         with p.step("pods re-created (the seed: kubectl rollout restart deploy)" if c.pods else
                     "pods created through containerd's go-cni (conflist cbr0: flannel + portmap)"):
             c.delete_pods()
             c.create_pods()
+
+    def remove_leftovers(self, mode: str) -> None:
+        """Routes of the previous backend that the restarted flanneld left in place, removed by hand.
+
+        Upstream leaves them too (the seed's nodes had restarted: its pods show RESTARTS 1), and
+        the more specific /24s would shadow udp's Network route.  Shown as the operator's step it
+        is, never silently; nothing happens when the daemon cleaned up itself."""
+        left = {n: stale_routes(mode, n.run(["ip", "-4", "route"]).stdout) for n in self.c.nodes.values()}
+        if not any(left.values()):
+            return
+        self.p.note(f"flanneld ({mode}) left routes of the previous backend in place; they would shadow "
+                    f"this backend's, so they are removed by hand:")
+        with self.p.step("by hand: routes the previous backend left behind removed"):
+            for node, routes in left.items():
+                for route in routes:
+                    self.obs.show(node, ["ip", "route", "del", *route.split()])
 
     def observe(self, mode: str) -> ModeResult:
         c, p, obs = self.c, self.p, self.obs
