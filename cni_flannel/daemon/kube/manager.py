@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import netconf as netconf_mod
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..lease import ANNOTATION_PREFIX, Lease, LeaseAttrs, LeaseFormatError, annotation_names
-from ..manager import Sink, Snapshot, SubnetManager
+from ..manager import Event, Sink, Snapshot, SubnetManager
 from ..netconf import NetConf
 from ..subnets import SubnetError, kube_subnets
 from .client import Connection, Gone, KubeClient, NotFound
@@ -33,6 +34,8 @@ from .nodes import (NodeTracker, has_pod_cidr, network_available_patch, own_anno
                     stored)
 
 log = logging.getLogger("cni_flannel.daemon.kube")
+
+MAX_BATCH = 1000  # watch events handed to the main loop at once, at most
 
 
 @dataclass(frozen=True)
@@ -170,15 +173,12 @@ class KubeSubnetManager(SubnetManager):
                     log.info("listed %d nodes, %d with a flannel lease (resourceVersion %s)", len(items),
                              len(leases), rv)
                     sink(Snapshot(leases))
-                for kind, obj in self.client.watch_nodes(rv, self.opts.watch_timeout):
-                    if stop.is_set():
-                        return
-                    rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        event = tracker.apply(kind, obj)
-                        if event is not None:
-                            sink([event])
-                    delay = 1.0
+                cursor = [rv]
+                try:
+                    if self._watch_once(cursor, tracker, sink, stop):
+                        delay = 1.0
+                finally:
+                    rv = cursor[0]
             except Gone as exc:
                 log.info("node watch: %s; listing again", exc)
                 rv = None
@@ -187,6 +187,56 @@ class KubeSubnetManager(SubnetManager):
                 if stop.wait(delay):
                     return
                 delay = min(delay * 2, self.opts.backoff_cap)
+
+    def _watch_once(self, cursor: List[Optional[str]], tracker: NodeTracker, sink: Sink,
+                    stop: threading.Event) -> bool:
+        """One watch request.  A reader thread queues its events; here everything queued at a
+        time becomes one batch (1,000 deletions arrive as a few batches, not 1,000), and ``stop``
+        is seen within a second.  cursor[0]: the resourceVersion to resume from, kept current
+        (bookmarks included).  True when at least one event arrived."""
+        items: "queue.Queue[Any]" = queue.Queue()
+        end = object()
+
+        def read() -> None:
+            try:
+                for item in self.client.watch_nodes(str(cursor[0]), self.opts.watch_timeout):
+                    items.put(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                items.put(exc)
+            items.put(end)
+
+        threading.Thread(target=read, name="kube-node-watch", daemon=True).start()
+        got_any = False
+        while True:
+            try:
+                first = items.get(timeout=1.0)
+            except queue.Empty:
+                if stop.is_set() or self._closing.is_set():
+                    return got_any
+                continue
+            pending = [first]
+            while len(pending) < MAX_BATCH:
+                try:
+                    pending.append(items.get_nowait())
+                except queue.Empty:
+                    break
+            events: List[Event] = []
+            try:
+                for item in pending:
+                    if item is end:
+                        return got_any
+                    if isinstance(item, BaseException):
+                        raise item
+                    kind, obj = item
+                    got_any = True
+                    cursor[0] = str((obj.get("metadata") or {}).get("resourceVersion") or cursor[0])
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        event = tracker.apply(kind, obj)
+                        if event is not None:
+                            events.append(event)
+            finally:
+                if events:
+                    sink(events)
 
     def close(self) -> None:
         self._closing.set()
