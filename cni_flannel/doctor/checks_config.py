@@ -127,7 +127,7 @@ def lease_expiry(f: NodeFacts, now: Optional[float] = None) -> M.Check:
     if src is not None and src.kind == "kube":
         return M.ok(cid, title, "kube subnet manager: the lease is the Node's podCIDR and does not expire")
     if src is not None and src.ttl is not None:
-        left, where = src.ttl, f"etcd ({src.where})"
+        left, where = src.ttl, f"etcd {src.where}"
     elif f.daemon is not None and any(m in f.daemon.metrics for m in LEASE_METRICS):
         stamp = next(f.daemon.metrics[m] for m in LEASE_METRICS if m in f.daemon.metrics)
         if stamp == 0:
@@ -139,10 +139,10 @@ def lease_expiry(f: NodeFacts, now: Optional[float] = None) -> M.Check:
     renew = ("flanneld renews the lease 1 h before it expires and retries every minute: when it is close to "
              "expiry renewals fail -- check flanneld's log for etcd errors and that etcd is reachable from this node")
     if left <= 0:
-        return M.fail(cid, title, f"the lease expired {duration(-left)} ago ({where})",
+        return M.fail(cid, title, f"the lease expired {duration(-left)} ago (from {where})",
                       "restart flanneld so it takes a lease again; " + renew)
     if left < RENEW_MARGIN - 300:  # renewal is due an hour before expiry; allow a few failed minutes
-        return M.fail(cid, title, f"the lease expires in {duration(left)} ({where}) and was not renewed", renew)
-    return M.ok(cid, title, f"the lease expires in {duration(left)} ({where}); flanneld renews it 1 h before")
+        return M.fail(cid, title, f"the lease expires in {duration(left)} (from {where}) and was not renewed", renew)
+    return M.ok(cid, title, f"the lease expires in {duration(left)} (from {where}); flanneld renews it 1 h before")
 
 

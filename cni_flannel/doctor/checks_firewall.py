@@ -13,7 +13,7 @@ from cni_flannel.firewall import _nft as nft
 from cni_flannel.firewall import layouts as L
 
 from . import model as M
-from .common import networks
+from .common import networks, plural
 from .facts import IptablesSave, NodeFacts
 
 
@@ -153,9 +153,9 @@ def masquerade(f: NodeFacts) -> M.Check:
     assert best is not None
     where = "nftables table flannel-ipv4/6" if use_nft else f"iptables-{f.iptables_mode} nat FLANNEL-POSTRTG"
     if best:
-        return M.fail(cid, title, f"FLANNEL_IPMASQ=true but {where} is not complete ({best[0]}"
-                      f"{f' and {len(best) - 1} more' if len(best) > 1 else ''}): pods reach the outside world "
-                      "with their pod address, and answers never come back",
+        return M.fail(cid, title, f"FLANNEL_IPMASQ=true but {where} is not complete "
+                      f"({plural(len(best), 'problem')}): pods reach the outside world with their pod address, "
+                      "and answers never come back",
                       "flanneld re-adds its rules every --iptables-resync seconds (5): if they stay missing it is not "
                       "running, or another tool flushes the chain (flannel#2237) -- restart flanneld and find that tool",
                       items=tuple(best))

@@ -91,7 +91,8 @@ def ipam_leaks(f: NodeFacts, bin_dir: str = "/opt/cni/bin") -> M.Check:
         items = tuple(f"{h.ip} held by {h.container_id[:16] or '(empty file)'} {h.ifname}" for h in leaked)
         size = sum(s.num_addresses - 3 for s in subnets(f) if s.version == 4) or 0
         full = f" of {size}" if size > 0 else ""
-        return M.fail(cid, title, f"{plural(len(leaked), 'address', 'addresses')}{full} in {where} are held for "
+        verb = "is" if len(leaked) == 1 else "are"
+        return M.fail(cid, title, f"{plural(len(leaked), 'address', 'addresses')}{full} in {where} {verb} held for "
                       "containers with no interface on this node (leaks; when the range is full ADD fails with "
                       "'no IP addresses available in range set')",
                       _gc_fix(f, sorted({(h.container_id, h.ifname) for h in f.held if h.ip in live}), bin_dir),

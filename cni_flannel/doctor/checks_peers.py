@@ -35,6 +35,8 @@ def expected_peers(f: NodeFacts, family: int = 4) -> Tuple[List[Peer], str]:
     """(peers, where they come from)."""
     mine = {str(s) for s in subnets(f)}
     src = f.lease_source
+    if src is not None and src.own is not None:  # our lease, even when subnet.env disagrees (see "lease")
+        mine |= {str(s.subnet) for s in src.own.sides()}
     if src is not None:
         peers = [Peer(str(s.subnet), s.public_ip, s.vtep_mac) for l in src.leases for s in l.sides()
                  if s.family == family and str(s.subnet) not in mine]

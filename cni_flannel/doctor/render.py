@@ -28,6 +28,7 @@ def table(report: Report, colour: bool = False, verbose: bool = False, width: in
         return "\n".join(lines) + "\n"
     name_w = max((len(ch.title) for ch in report.checks), default=10)
     indent = " " * (name_w + 5)
+    fixed = {}  # fix text -> the check that printed it first
     for ch in report.checks:
         head = f"{c(COLOUR[ch.status], SYMBOL[ch.status])}  {ch.title.ljust(name_w)}  "
         body = textwrap.wrap(ch.evidence, width - len(indent)) or [""]
@@ -38,10 +39,10 @@ def table(report: Report, colour: bool = False, verbose: bool = False, width: in
             lines.append(indent + c(DIM, "· ") + item)
         if len(show_items) > MAX_ITEMS and not verbose:
             lines.append(indent + c(DIM, f"· ... {len(show_items) - MAX_ITEMS} more (-v shows all)"))
-        if ch.status == FAIL and ch.fix:
-            fix = textwrap.wrap("fix: " + ch.fix, width - len(indent), break_long_words=True,
-                                break_on_hyphens=False)
-            lines += [indent + c(BOLD, f) for f in fix]
+        if ch.status == FAIL and ch.fix:  # one line, never wrapped: commands in it must copy-paste whole
+            fix = f"fix: as for '{fixed[ch.fix]}' above" if ch.fix in fixed else "fix: " + ch.fix
+            fixed.setdefault(ch.fix, ch.title)
+            lines.append(indent + c(BOLD, fix))
     n = report.counts()
     lines.append("")
     lines.append(f"{n[OK]} ok, {n[FAIL]} failed, {n[UNKNOWN]} not checked"

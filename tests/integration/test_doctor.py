@@ -91,3 +91,34 @@ def test_daemon_not_running_on_the_given_health_port(make_node):
     assert r.failing() == ["daemon"], r
     assert r["daemon"]["evidence"].startswith("nothing answers on http://127.0.0.1:8471/readyz")
     assert "flanneld is not running" in r["daemon"]["evidence"]
+
+
+def _kube_node(m) -> dict:
+    p = "flannel.alpha.coreos.com/"
+    return {p + "kube-subnet-manager": "true", p + "backend-type": "vxlan", p + "public-ip": m.public,
+            p + "backend-data": json.dumps({"VNI": 1, "VtepMAC": m.data["BackendData"]["VtepMAC"]})}
+
+
+def test_kube_mode_lease_is_the_node_pod_cidr_and_a_reassigned_one_is_named(make_node):
+    """Kubernetes mode: the lease is the Node's podCIDR (our test API server, inside the node).
+    The field break: the Node object was deleted and re-registered and got another podCIDR,
+    while subnet.env (and the pods) keep the old one."""
+    from tests.harness.kubeapi import KubeAPI
+
+    c = make_cluster(make_node, pods=0)
+    m1, m2 = c.members
+    api = KubeAPI(netns=m1.node.netns).start()
+    m1.node.lab.add_finalizer(api.stop)
+    for m in c.members:
+        api.add_node(m.node.name, pod_cidrs=[f"10.244.{m.n}.0/24"], annotations=_kube_node(m))
+    kube = ("--kube-api-url", api.url)
+    r = doctor(m1.node, *kube)
+    assert r.failing() == [], r
+    assert r["lease"]["evidence"] == f"kube ({api.url} node n1) leases 10.244.1.0/24 to this node, as subnet.env says"
+    assert r["peers"]["items"] == ["10.244.2.0/24 (198.18.0.2): route, neighbour and FDB on flannel.1 ✔"]
+    assert "does not expire" in r["lease-expiry"]["evidence"]
+
+    api.patch("n1", {"spec": {"podCIDR": "10.244.6.0/24", "podCIDRs": ["10.244.6.0/24"]}}, kind="merge")
+    moved = doctor(m1.node, *kube)
+    assert moved.failing() == ["lease"], moved
+    assert moved["lease"]["evidence"] == "kube leases 10.244.6.0/24 to this node, subnet.env says 10.244.1.0/24"

@@ -52,6 +52,11 @@ def test_table_marks_and_colour():
     assert "✔  subnet.env" in text and "✘  cni0 address" in text and "!  lease" in text
     assert "fix: ip link delete cni0" in text and "\033[" not in text
     assert "\033[31m✘" in table(r, colour=True, width=100)
+    gc_fix = "echo '{\"a\": 1}' | CNI_COMMAND=GC /opt/cni/bin/flannel " + "x" * 120
+    twice = table(report(M.fail("a", "IPAM leaks", "held", gc_fix), M.fail("b", "saved configs", "saved", gc_fix)),
+                  width=80)
+    assert "fix: " + gc_fix in twice  # never wrapped: the command copy-pastes whole
+    assert "fix: as for 'IPAM leaks' above" in twice
 
 
 def test_metrics_parsing():
