@@ -4,7 +4,7 @@
 #   make binaries  frozen plugins in dist/cni/ (flannel bridge host-local portmap loopback)
 #   make install   DESTDIR=… PLUGINS="flannel" FORCE=1 NATIVE=0 — see packaging/install.sh
 #                  (PLUGINS="flannel flanneld" or make install-flanneld: flanneld to /opt/bin)
-#   make demo | bench | drivers | deps | clean
+#   make demo | bench | reliability | drivers | deps | clean
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -32,7 +32,7 @@ DESTDIR ?=
 FORCE ?=
 NATIVE ?= 1
 
-.PHONY: all deps apt venv binaries drivers test demo install install-flanneld bench clean binaries-native portable-root native image
+.PHONY: all deps apt venv binaries drivers test demo install install-flanneld bench reliability clean binaries-native portable-root native image
 
 all: binaries
 
@@ -116,6 +116,11 @@ test: deps binaries binaries-native portable-root drivers image
 demo: deps binaries drivers
 	@if [[ -f demo/demo.sh ]]; then bash demo/demo.sh; \
 	else echo "demo: demo/demo.sh not written yet"; exit 1; fi
+
+# Fuzzing, crash injection, reboot + GC at full size, ours beside Debian's Go plugins (~40 min);
+# one table, saved in reliability/results/latest.md.
+reliability: binaries drivers
+	$(PY) -m tests.reliability.run
 
 bench: binaries drivers
 	@if [[ -f bench/run.sh ]]; then bash bench/run.sh; \

@@ -49,15 +49,30 @@ class SubnetEnv:
         return "\n".join(lines) + "\n"
 
 
+#: flanneld writes a few hundred bytes; anything larger is not a subnet.env
+MAX_SIZE = 64 << 10
+
+
 def load(path: str = DEFAULT_PATH) -> SubnetEnv:
+    import os
+    import stat
+
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        # O_NONBLOCK: a FIFO planted at the path must not hang the plugin (checked below)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise TryAgainLater(f"{path} does not exist yet", _HINT) from None
     except OSError as exc:
         raise TryAgainLater(f"cannot read {path}: {exc.strerror}", _HINT) from None
-    return parse(text, path)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # e.g. subnetFile=/dev/zero would be read for ever
+        os.close(fd)
+        raise InvalidConfig(f"{path} is not a regular file", "subnetFile must name the file flanneld writes")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_SIZE + 1)
+    if len(data) > MAX_SIZE:
+        raise InvalidConfig(f"{path} is larger than {MAX_SIZE} bytes: not a subnet.env",
+                            "subnetFile must name the file flanneld writes")
+    return parse(data.decode("utf-8", errors="replace"), path)
 
 
 def parse(text: str, path: str = DEFAULT_PATH) -> SubnetEnv:

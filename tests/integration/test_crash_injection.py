@@ -29,3 +29,10 @@ def test_crashes_leave_nothing(make_node, path: str) -> None:
     assert counts["del_failures"] == 0 and counts["gc_failures"] == 0 and counts["tracebacks"] == 0, counts
     if agent:  # the hand-off path really served (no silent fallback to the self-contained one)
         assert len([r for r in agent_requests(node) if "flannel ADD crash-" in r]) >= ROUNDS, agent_requests(node)
+
+
+def test_reboot_then_one_gc_leaves_nothing(node) -> None:
+    """Namespaces gone, state files left (a reboot): one GC with the valid list cleans the node."""
+    lab = CrashLab(node, kind="flannel")
+    assert lab.reboot_round(4) == 0, lab.leftover_rounds
+    assert lab.counts["gc_failures"] == 0, lab.counts

@@ -192,6 +192,24 @@ class CrashLab:
         self.counts["rounds"] += 1
         return left
 
+    def reboot_round(self, pods: int) -> int:
+        """A simulated reboot: pods fully added, then their namespaces (and so their veths) gone
+        while every state file stays; one GC naming the valid attachments must leave nothing."""
+        made = []
+        for i in range(pods):
+            pod = self.node.add_pod(f"boot{i}")
+            out = self._chain_add(pod, f"boot-{i}")
+            assert isinstance(out, dict) and "code" not in out, out
+            made.append(pod)
+        for pod in made:
+            pod.delete()
+            self.node.pods.pop(pod.name, None)
+        self.gc([("keep", "eth0")])
+        left = self.leftovers()
+        if any(left.values()):
+            self.leftover_rounds.append({"round": "reboot", **left})
+        return sum(len(v) for v in left.values())
+
     def gc(self, valid: List[Tuple[str, str]]) -> None:
         for index in (1, 0):
             rc, out = self._run(index, "GC", "", "", plugin_conf(self.conflist, index, valid=valid))

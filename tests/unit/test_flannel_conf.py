@@ -140,6 +140,19 @@ def test_missing_file_is_try_again(tmp_path: Any) -> None:
     assert info.value.code == 11 and "flanneld" in info.value.details
 
 
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "directory", "huge"])
+def test_subnet_file_that_is_no_subnet_env_is_code_7_without_hanging(tmp_path: Any, kind: str) -> None:
+    path = {"dev-zero": "/dev/zero", "directory": str(tmp_path)}.get(kind, str(tmp_path / "subnet.env"))
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes: a blocking read would hang for ever
+    if kind == "huge":
+        with open(path, "w") as f:
+            f.write("FLANNEL_MTU=1450\n" + "#" * (1 << 20))
+    with pytest.raises(InvalidConfig) as info:
+        subnet_env.load(path)
+    assert path in info.value.msg
+
+
 # -- saved configs ------------------------------------------------------------
 
 

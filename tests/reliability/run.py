@@ -1,0 +1,126 @@
+"""`make reliability`: fuzzing, crash injection and the reboot/GC check at full size, ours beside
+Debian's Go plugins where they apply; prints one table and saves it under reliability/results/.
+
+    .venv/bin/python -m tests.reliability.run [--fuzz N] [--crashes N] [--quick]
+
+Runs as root (test namespaces only, like the integration suite).  Budget: --crashes is the number
+of injected crashes for our plugins (split between the self-contained path and the agent hand-off);
+Go's plugins get a quarter of that in random-delay kills.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List
+
+from tests.harness.netns import Lab
+from tests.harness.plugins import REPO_ROOT, plugin_dir, reference_dir
+from tests.reliability.crashes import CrashLab
+
+RESULTS = REPO_ROOT / "reliability" / "results"
+PODS = 8
+
+
+def fuzz(examples: int, exec_examples: int) -> List[Dict[str, Any]]:
+    """Run the fuzz tests with the given case counts; their counts come back through CNI_FUZZ_REPORT."""
+    report = tempfile.mktemp(prefix="cnif-fuzz-", suffix=".jsonl")
+    env = dict(os.environ, CNI_FUZZ_EXAMPLES=str(examples), CNI_FUZZ_EXEC_EXAMPLES=str(exec_examples),
+               CNI_FUZZ_REPORT=report)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=7200",
+                           "tests/unit/test_fuzz_daemon_inputs.py", "tests/integration/test_fuzz_plugins.py"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    print(done.stdout[-3000:], file=sys.stderr)
+    rows = [json.loads(l) for l in open(report)] if os.path.exists(report) else []
+    for row in rows:
+        row["pytest_rc"] = done.returncode
+    return rows
+
+
+def crashes(path: str, target: int, seed: int) -> Dict[str, Any]:
+    """Rounds of PODS crashed pods until `target` crashes were injected on one path."""
+    from tests.conftest import start_agent
+
+    started = time.monotonic()
+    with Lab() as lab:
+        node = lab.add_node()
+        node.install_plugins(reference_dir() if path == "go" else plugin_dir())
+        agent = start_agent(node) if path == "agent" else None
+        cl = CrashLab(node, kind="bridge" if path == "go" else "flannel", ours=path != "go",
+                      agent_pid=agent.pid if agent else None, rng=random.Random(seed))
+        number = 0
+        while cl.counts["crashes"] < target:
+            cl.round(PODS, number)
+            number += 1
+        reboot = cl.reboot_round(PODS) if path != "go" else None
+    counts = cl.counts
+    return {"path": path, "crashes": counts["crashes"], "rounds": counts["rounds"],
+            "leftovers": sum(v for k, v in counts.items() if k.startswith("leftover:")),
+            "leftover_kinds": {k[9:]: v for k, v in counts.items() if k.startswith("leftover:") and v},
+            "del_failures": counts["del_failures"], "gc_failures": counts["gc_failures"],
+            "tracebacks": counts["tracebacks"], "reboot_leftovers": reboot,
+            "by_step": {k[6:]: v for k, v in counts.items() if k.startswith("crash:")},
+            "first_leftovers": cl.leftover_rounds[:3], "seconds": round(time.monotonic() - started)}
+
+
+def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> str:
+    lines = ["| crash injection | crashes | rounds (8 pods) | leftovers | DEL/GC failures | tracebacks | after reboot + GC |",
+             "|---|---|---|---|---|---|---|"]
+    for r in crash_rows:
+        name = {"self-contained": "ours, self-contained", "agent": "ours, agent hand-off",
+                "go": "Go (Debian), bridge chain, random-delay kills"}[r["path"]]
+        kinds = ", ".join(f"{k} {v}" for k, v in r["leftover_kinds"].items())
+        lines.append(f"| {name} | {r['crashes']} | {r['rounds']} | {r['leftovers']}{f' ({kinds})' if kinds else ''} "
+                     f"| {r['del_failures'] + r['gc_failures']} | {r['tracebacks']} "
+                     f"| {'—' if r['reboot_leftovers'] is None else r['reboot_leftovers']} |")
+    lines += ["", "| fuzz target | cases | results | clean errors | tracebacks | node changed by a failure | leaks |",
+              "|---|---|---|---|---|---|---|"]
+    for r in fuzz_rows:
+        lines.append(f"| {r['target']} | {r.get('cases', 0)} | {r.get('ok', 0)} | {r.get('errors', 0)} "
+                     f"| {r.get('tracebacks', 0)} | {r.get('changed', '—')} | {r.get('leaks', '—')} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fuzz", type=int, default=1000, help="cases per fuzz target (in-process / pure)")
+    ap.add_argument("--fuzz-exec", type=int, default=50, help="cases per plugin through the frozen binaries")
+    ap.add_argument("--crashes", type=int, default=1000, help="injected crashes for our plugins")
+    ap.add_argument("--quick", action="store_true", help="100 fuzz cases, 60 crashes: a smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        args.fuzz, args.fuzz_exec, args.crashes = 100, 5, 60
+    started = time.monotonic()
+    seed = int(os.environ.get("CNI_RELIABILITY_SEED", str(int(time.time()))))
+    crash_rows = [crashes("self-contained", args.crashes // 2, seed), crashes("agent", args.crashes - args.crashes // 2, seed + 1),
+                  crashes("go", max(20, args.crashes // 4), seed + 2)]
+    fuzz_rows = fuzz(args.fuzz, args.fuzz_exec)
+    text = table(fuzz_rows, crash_rows)
+    minutes = (time.monotonic() - started) / 60
+    header = (f"`make reliability` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} min, seed {seed}, "
+              f"load {os.getloadavg()[0]:.1f}; command: .venv/bin/python -m tests.reliability.run "
+              f"--fuzz {args.fuzz} --fuzz-exec {args.fuzz_exec} --crashes {args.crashes})")
+    print(header + "\n\n" + text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
+    (RESULTS / "latest.json").write_text(json.dumps({"crashes": crash_rows, "fuzz": fuzz_rows}, indent=1, default=str))
+    ours = [r for r in crash_rows if r["path"] != "go"]
+    bad = (sum(r["leftovers"] + r["del_failures"] + r["gc_failures"] + r["tracebacks"] + (r["reboot_leftovers"] or 0)
+               for r in ours)
+           + sum(r.get("tracebacks", 0) + r.get("changed", 0) + r.get("leaks", 0) for r in fuzz_rows)
+           + sum(1 for r in fuzz_rows if r.get("pytest_rc")))
+    enough = sum(r["crashes"] for r in ours) >= args.crashes and all(r.get("cases", 0) >= args.fuzz * 0.9 for r in fuzz_rows
+                                                                      if "exec" not in r["target"])
+    print(f"reliability: {'OK' if not bad and enough and fuzz_rows else 'FAILED'}")
+    return 0 if not bad and enough and fuzz_rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
