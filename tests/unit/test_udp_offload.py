@@ -113,7 +113,7 @@ def test_merge_tcp4_joins_one_flows_run_like_gro():
     sup = bytes(out[start + 10:end])
     assert check_ipv4(sup, len(sup)) is None and len(sup) == 52 + len(data)
     f = tcp_fields(sup)
-    assert f["payload"] == data and f["seq"] == 5000 and f["flags"] == 0x18
+    assert f["payload"] == data and f["seq"] == 5000 and f["flags"] == 0x18 and f["ttl"] == 63
     # the field holds the pseudo-header sum a CHECKSUM_PARTIAL packet carries
     assert int.from_bytes(sup[36:38], "big") == (int.from_bytes(sup[12:20], "big") + 6 + len(sup) - 20) % 0xFFFF
 

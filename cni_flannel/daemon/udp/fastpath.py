@@ -146,8 +146,8 @@ class OffloadForwarder(Forwarder):
                     why = C.OVERSIZED if size > mtu else check_ipv4(p, size)
                     if why is None and int.from_bytes(p[16:20], "big") & own_mask != own_net:
                         why = C.NOT_FOR_US
-                    if why is None and not decrement_ttl(p):
-                        why = TTL_EXPIRED
+                    if why is None and p[8] <= 1:
+                        why = TTL_EXPIRED  # (decremented below: once per write, not per segment)
                     if why is None:
                         valid.append((off, size))
                         nbytes += size
@@ -161,10 +161,12 @@ class OffloadForwarder(Forwarder):
                 writes = merge_tcp4(mv, valid, out) if len(valid) > 1 else [(0, valid[0][0], valid[0][1])]
                 for merged, start, x in writes:
                     try:
-                        if merged:
+                        if merged:  # merge_tcp4 decremented the TTL in the joined header
                             write(fd, omv[start:x])
                         else:
-                            writev(fd, [ZERO_VNET, mv[start:start + x]])
+                            single = mv[start:start + x]
+                            decrement_ttl(single)
+                            writev(fd, [ZERO_VNET, single])
                     except OSError:
                         drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
                 packets += len(valid)

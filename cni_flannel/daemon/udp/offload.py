@@ -144,12 +144,14 @@ def _pseudo_partial(p: memoryview, tcp_len: int) -> int:
 
 def merge_tcp4(buf: memoryview, segs: List[Tuple[int, int]], out: bytearray) -> List[Tuple[int, int, int]]:
     """Join runs of consecutive TCP segments of one flow (``segs``: (offset, size) of valid
-    IPv4 packets in ``buf``) into TSO super-packets for flannel0, as the kernel's GRO would:
+    IPv4 packets in ``buf``, TTL > 1) into TSO super-packets for flannel0 with TTL − 1, as the
+    kernel's GRO would:
     same addresses, ports, ACK, window and options; sequence numbers back to back; every
     payload but the last one full size; no flags but ACK (PSH on the last).
 
     Returns what to write, in order: (1, start, end) for a super-packet at out[start:end]
-    (virtio header included), or (0, offset, size) for a packet in ``buf`` to write alone."""
+    (virtio header included), or (0, offset, size) for a packet in ``buf`` to write alone
+    (its TTL not yet decremented)."""
     omv = memoryview(out)
     writes: List[Tuple[int, int, int]] = []
     pos = 0
@@ -192,6 +194,7 @@ def merge_tcp4(buf: memoryview, segs: List[Tuple[int, int]], out: bytearray) -> 
                                                              hl, mss, ihl, 16)
                     pos += VNET_HDR_LEN
                     omv[pos:pos + hl] = p[:hl]
+                    out[pos + 8] -= 1                   # TTL (the segments' TTL is left alone)
                     out[pos + 2] = total >> 8
                     out[pos + 3] = total & 0xFF
                     out[pos + 10] = out[pos + 11] = 0
