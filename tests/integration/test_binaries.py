@@ -105,9 +105,11 @@ def test_version_without_cniversion_means_0_1_0(dist: Path) -> None:
 
 def test_layout_is_one_bundle_and_five_entries(dist: Path) -> None:
     entries = sorted(p.name for p in dist.iterdir())
-    assert entries == sorted([*NAMES, BUNDLE])
+    assert entries == sorted([*NAMES, BUNDLE, "flanneld"])
     inodes = {(dist / n).stat().st_ino for n in NAMES}
-    assert len(inodes) == 1, "the five entries should be hard links of one bootloader"
+    assert len(inodes) == 1, "the five entries should be hard links of one client"
+    # flanneld is the PyInstaller entry itself (the daemon has no agent to hand off to)
+    assert (dist / "flanneld").stat().st_ino == (dist / BUNDLE / "cni-flannel").stat().st_ino
     build = dict(line.split("=", 1) for line in (dist / BUNDLE / "BUILD").read_text().splitlines())
     assert build["PLUGINS"].split() == list(NAMES)
     import hashlib
