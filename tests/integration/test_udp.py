@@ -119,6 +119,24 @@ def test_udp_flannel0_deleted_is_recreated_and_a_restart_resumes(make_node):
     assert p1.ping(ips2[0]) and p2.ping(n1.pods[0][1][0])
 
 
+def plant_host_gw_routes(c) -> None:
+    """What a host-gw run before this one leaves on node 1 (routes outlive flanneld)."""
+    n = c.members[0].node
+    n.run(["ip", "route", "add", "10.244.2.0/24", "via", "198.18.0.2", "dev", "eth0"])
+    n.run(["ip", "route", "add", "10.244.9.0/24", "via", "198.18.0.9", "dev", "eth0"])
+
+
+def test_udp_after_host_gw_removes_its_routes_via_eth0(make_node):
+    c = udp_cluster(make_node, count=2, before_start=plant_host_gw_routes)
+    n1 = c.members[0]
+    assert [r for r in routes(n1.node, "eth0") if r[0].startswith("10.244.")] == []
+    c.add_pods()
+    before = counters(n1)["tun_to_udp"]["packets"]
+    pings = c.cross_pings()
+    assert len(pings) == 2 and all(pings.values()), pings
+    assert counters(n1)["tun_to_udp"]["packets"] > before  # through flannel0, not eth0
+
+
 def test_udp_bad_setups_leave_nothing_behind(make_node):
     node = make_node("n1", underlay=True)
     from tests.integration.test_daemon_backends import BackendProc, NETWORK

@@ -214,8 +214,12 @@ class UdpBackend(Backend):
         return own is None or lease.subnet != own  # our own lease, as the watch reports it too
 
     def scope(self) -> Scope:
-        assert self.link is not None
-        return Scope(devices={DEVICE: self.link.index}, networks=(self.network,))
+        """flannel0's routes, and routes into the Network through the external interface: what a
+        previous host-gw (or DirectRouting) run left there is more specific than our Network
+        route and would carry pods' traffic past flannel0, so reconcile removes it."""
+        assert self.link is not None and self.ext is not None
+        return Scope(devices={DEVICE: self.link.index}, ext=(self.ext.name, self.ext.index),
+                     networks=(self.network,))
 
     def desired(self, peers: Iterable[Lease]) -> Tuple[State, List[Refusal]]:
         refused: List[Refusal] = []
