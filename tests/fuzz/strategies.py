@@ -230,7 +230,11 @@ NETCONF_FIELDS: Dict[str, st.SearchStrategy[Any]] = {
 
 
 def netconf_text() -> st.SearchStrategy[str]:
-    return document(NETCONF_BASE, NETCONF_FIELDS).map(lambda b: b.decode("utf-8", "replace"))
+    plausible = st.builds(lambda net, length, kind: json.dumps({"Network": net, "SubnetLen": length,
+                                                                "Backend": {"Type": kind}}),
+                          st.sampled_from(["10.244.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "10.244.0.0/20"]),
+                          st.integers(16, 30), st.sampled_from(["vxlan", "host-gw", "udp"]))
+    return st.one_of(plausible, document(NETCONF_BASE, NETCONF_FIELDS).map(lambda b: b.decode("utf-8", "replace")))
 
 
 def lease_key() -> st.SearchStrategy[str]:
@@ -254,7 +258,11 @@ LEASE_FIELDS: Dict[str, st.SearchStrategy[Any]] = {
 
 
 def lease_value() -> st.SearchStrategy[str]:
-    return st.one_of(document(LEASE_BASE, LEASE_FIELDS).map(lambda b: b.decode("utf-8", "replace")),
+    plausible = st.builds(lambda ip, mac, vni: json.dumps({"PublicIP": ip, "BackendType": "vxlan",
+                                                          "BackendData": {"VNI": vni, "VtepMAC": mac}}),
+                          st.ip_addresses(v=4).map(str), st.sampled_from(["aa:bb:cc:dd:ee:ff", "02:42:ac:11:00:02"]),
+                          st.integers(0, 4096))
+    return st.one_of(plausible,document(LEASE_BASE, LEASE_FIELDS).map(lambda b: b.decode("utf-8", "replace")),
                      st.text(max_size=10_000).map(lambda t: t * 3))
 
 
@@ -293,5 +301,8 @@ def subnet_env_text() -> st.SearchStrategy[str]:
                      st.sampled_from(["", "# comment", "export FLANNEL_MTU=1450", "FLANNEL_MTU", "=x", "  "]), text())
     valid = ["FLANNEL_NETWORK=10.244.0.0/16", "FLANNEL_SUBNET=10.244.1.1/24", "FLANNEL_MTU=1450",
              "FLANNEL_IPMASQ=true"]
-    return st.tuples(st.lists(line, max_size=8), st.sets(st.sampled_from(valid))).map(
-        lambda t: "\n".join(sorted(t[1]) + t[0]))
+    plausible = st.builds(lambda n, mtu, masq: f"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\n"
+                                                f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={masq}\n",
+                          st.integers(0, 255), st.integers(68, 9000), st.sampled_from(["true", "false"]))
+    return st.one_of(plausible, st.tuples(st.lists(line, max_size=8), st.sets(st.sampled_from(valid))).map(
+        lambda t: "\n".join(sorted(t[1]) + t[0])))
