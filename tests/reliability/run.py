@@ -5,7 +5,7 @@ Debian's Go plugins where they apply; prints one table and saves it under reliab
 
 Runs as root (test namespaces only, like the integration suite).  Budget: --crashes is the number
 of injected crashes for our plugins (split between the self-contained path and the agent hand-off);
-Go's plugins get a quarter of that in random-delay kills.
+Go's plugins get a tenth of that in random-delay kills.
 """
 from __future__ import annotations
 
@@ -96,22 +96,40 @@ def main() -> int:
     ap.add_argument("--fuzz", type=int, default=1000, help="cases per fuzz target (in-process / pure)")
     ap.add_argument("--fuzz-exec", type=int, default=50, help="cases per plugin through the frozen binaries")
     ap.add_argument("--crashes", type=int, default=1000, help="injected crashes for our plugins")
+    ap.add_argument("--self-contained-share", type=float, default=0.5,
+                    help="part of --crashes on the self-contained path (the rest through the agent)")
+    ap.add_argument("--part", choices=["all", "crashes", "fuzz", "table"], default="all",
+                    help="run one part (its rows go to reliability/results/<part>.json; 'table' joins them) "
+                         "so the two can run side by side")
     ap.add_argument("--quick", action="store_true", help="100 fuzz cases, 60 crashes: a smoke run")
     args = ap.parse_args()
     if args.quick:
         args.fuzz, args.fuzz_exec, args.crashes = 100, 5, 60
     started = time.monotonic()
     seed = int(os.environ.get("CNI_RELIABILITY_SEED", str(int(time.time()))))
-    crash_rows = [crashes("self-contained", args.crashes // 2, seed), crashes("agent", args.crashes - args.crashes // 2, seed + 1),
-                  crashes("go", max(20, args.crashes // 4), seed + 2)]
-    fuzz_rows = fuzz(args.fuzz, args.fuzz_exec)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    crash_rows: List[Dict[str, Any]] = []
+    fuzz_rows: List[Dict[str, Any]] = []
+    if args.part in ("all", "crashes"):
+        own = int(args.crashes * args.self_contained_share)
+        crash_rows = [crashes("self-contained", own, seed), crashes("agent", args.crashes - own, seed + 1),
+                      crashes("go", max(20, args.crashes // 10), seed + 2)]
+        (RESULTS / "crashes.json").write_text(json.dumps(crash_rows, indent=1, default=str))
+    if args.part in ("all", "fuzz"):
+        fuzz_rows = fuzz(args.fuzz, args.fuzz_exec)
+        (RESULTS / "fuzz.json").write_text(json.dumps(fuzz_rows, indent=1, default=str))
+    if args.part in ("crashes", "fuzz"):
+        return 0
+    if args.part == "table":
+        crash_rows = json.loads((RESULTS / "crashes.json").read_text())
+        fuzz_rows = json.loads((RESULTS / "fuzz.json").read_text())
     text = table(fuzz_rows, crash_rows)
     minutes = (time.monotonic() - started) / 60
-    header = (f"`make reliability` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} min, seed {seed}, "
-              f"load {os.getloadavg()[0]:.1f}; command: .venv/bin/python -m tests.reliability.run "
-              f"--fuzz {args.fuzz} --fuzz-exec {args.fuzz_exec} --crashes {args.crashes})")
+    header = (f"`make reliability` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+              f"{minutes:.0f} min, seed {seed}, load {os.getloadavg()[0]:.1f}; command: .venv/bin/python -m "
+              f"tests.reliability.run --fuzz {args.fuzz} --fuzz-exec {args.fuzz_exec} --crashes {args.crashes}"
+              f"{' --part ' + args.part if args.part != 'all' else ''})")
     print(header + "\n\n" + text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
     (RESULTS / "latest.json").write_text(json.dumps({"crashes": crash_rows, "fuzz": fuzz_rows}, indent=1, default=str))
     ours = [r for r in crash_rows if r["path"] != "go"]
