@@ -5,9 +5,11 @@ Each node is a Lab node on the underlay (198.18.0.0/15) with:
   /etc/kube-flannel/ (a tmpfs in the node's mount namespace) and cni-conf.json installed as
   /etc/cni/net.d/10-flannel.conflist (what the install-cni initContainer does);
 - the frozen bundle in /opt/cni/bin (flanneld is one of its entries);
-- flanneld run with the DaemonSet container's command and args (``--ip-masq --kube-subnet-mgr``)
-  and env (NODE_NAME, POD_NAME, POD_NAMESPACE, EVENT_QUEUE_DEPTH), plus ``--kube-api-url``: a
-  namespace has no service account, so the in-cluster config is replaced by the URL.
+- flanneld run with the DaemonSet container's command and args (``--ip-masq --kube-subnet-mgr
+  --healthz-port=8081``) and env (NODE_NAME, POD_NAME, POD_NAMESPACE, EVENT_QUEUE_DEPTH), plus what
+  the kubelet gives a pod: KUBERNETES_SERVICE_HOST/PORT and the service account (token, ca.crt,
+  namespace) under /var/run/secrets/kubernetes.io/serviceaccount -- the in-cluster config, over
+  https with a self-signed cluster CA and a required bearer token.
 The API server listens on its own underlay node ("api", 198.18.0.1:6443); every node's
 default route points there (flanneld picks the default route's interface, as on a real node).
 """
@@ -15,6 +17,7 @@ default route points there (flanneld picks the default route's interface, as on 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -25,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
-from tests.harness.kubeapi import KubeAPI
+from tests.harness.kubeapi import KubeAPI, self_signed
 from tests.harness.netns import Lab, Node, Pod
 from tests.harness.plugins import REPO_ROOT
 from tests.harness.wait import wait_until
@@ -33,6 +36,7 @@ from tests.harness.wait import wait_until
 MANIFEST = REPO_ROOT / "deploy" / "kube-flannel.yml"
 P = "flannel.alpha.coreos.com/"
 API_PORT = 6443
+SA_TOKEN = "flannel-service-account-token"
 HEALTHZ_PORT = 8081  # the manifest's --healthz-port and probe port
 
 
@@ -54,9 +58,11 @@ class Daemon:
         self.node = node
         self.log_path = Path(cluster.lab.run_dir) / f"flanneld-{node.name}-{time.monotonic_ns()}.log"
         c = cluster.spec["container"]
-        argv = ["/opt/cni/bin/flanneld", *c["args"], f"--kube-api-url={cluster.api.url}", *extra]
+        argv = ["/opt/cni/bin/flanneld", *c["args"], *extra]
         base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "POD_NAME": f"kube-flannel-ds-{node.name}",
-                "POD_NAMESPACE": "kube-flannel", "NODE_NAME": node.name}
+                "POD_NAMESPACE": "kube-flannel", "NODE_NAME": node.name,
+                # what the kubelet gives every pod: the in-cluster API service
+                "KUBERNETES_SERVICE_HOST": cluster.api.host, "KUBERNETES_SERVICE_PORT": str(API_PORT)}
         base.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
         base.update(env)
         with open(self.log_path, "wb") as log:
@@ -84,7 +90,9 @@ class KubeCluster:
         self.lab, self.spec = lab, manifest()
         self.net_conf = net_conf if net_conf is not None else self.spec["config"]["net-conf.json"]
         api_node = make_node("api", underlay=True, plugins=False)
-        self.api = KubeAPI(host=api_node.underlay_ip, port=API_PORT, netns=api_node.netns, bookmark_interval=1.0)
+        self.ca, key = self_signed(lab.run_dir, api_node.underlay_ip)
+        self.api = KubeAPI(host=api_node.underlay_ip, port=API_PORT, netns=api_node.netns, bookmark_interval=1.0,
+                           token=SA_TOKEN, tls=(self.ca, key))
         self.api.start()
         lab.add_finalizer(self.api.stop)
         if ipv6:
@@ -101,8 +109,17 @@ class KubeCluster:
             node.run(["sh", "-ec", "mkdir -p /etc/kube-flannel && mount -t tmpfs -o mode=0755 cfg /etc/kube-flannel"])
             node.write_file("/etc/kube-flannel/net-conf.json", self.net_conf)
             node.write_file("/etc/cni/net.d/10-flannel.conflist", self.spec["config"]["cni-conf.json"])
+            self._service_account(node)
             self.nodes[name] = node
             self.api.add_node(name, pod_cidrs=pod_cidrs.get(name), addresses=[node.underlay_ip])
+
+    def _service_account(self, node: Node) -> None:
+        """The flannel ServiceAccount's token, the cluster CA and the namespace, where the kubelet
+        mounts them (/var/run/secrets/kubernetes.io/serviceaccount; a tmpfs in the node)."""
+        os.makedirs("/run/secrets", exist_ok=True)  # the mount point (an empty directory on the host)
+        node.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "secrets", "/run/secrets"])
+        for name, text in (("token", SA_TOKEN), ("namespace", "kube-flannel"), ("ca.crt", Path(self.ca).read_text())):
+            node.write_file(f"/var/run/secrets/kubernetes.io/serviceaccount/{name}", text)
 
     def _kill_all(self) -> None:
         for d in self.daemons.values():
