@@ -47,13 +47,25 @@ def expected_peers(f: NodeFacts, family: int = 4) -> Tuple[List[Peer], str]:
         for r in f.routes:
             if r.index == dev.index and r.gw and r.family == family and r.dst not in mine:
                 out.append(Peer(normalize_cidr(r.dst), None, None))
+        # A peer whose route was lost still has its neighbour <subnet>.0 (peers' subnets are as long as ours)
+        own = [s for s in subnets(f) if s.version == family]
+        nets = [n for n in networks(f) if n.version == family]
+        seen = {p.subnet for p in out}
+        for n in f.neighbours:
+            if n.index != dev.index or not n.ip or not n.state & NUD_PERMANENT or not own:
+                continue
+            net = ipaddress.ip_network(f"{n.ip}/{own[0].prefixlen}", strict=False)
+            if str(net.network_address) == n.ip and str(net) not in seen | mine and any(
+                    net.subnet_of(x) for x in nets):  # type: ignore[arg-type]
+                out.append(Peer(str(net), None, None))
+                seen.add(str(net))
     elif backend_type(f) == "host-gw":
         nets = [n for n in networks(f) if n.version == family]
         for r in f.routes:
             if r.gw and r.family == family and r.dst not in mine and any(
                     ipaddress.ip_network(r.dst).subnet_of(n) for n in nets):  # type: ignore[arg-type]
                 out.append(Peer(normalize_cidr(r.dst), r.gw, None))
-    return sorted(out, key=lambda p: ipaddress.ip_network(p.subnet)), "routes on this node"
+    return sorted(out, key=lambda p: ipaddress.ip_network(p.subnet)), "routes and neighbours on this node"
 
 
 def _vxlan_entries(f: NodeFacts, family: int):
@@ -160,7 +172,7 @@ def stale_entries(f: NodeFacts) -> M.Check:
                 if dst not in known:
                     stale.append(f"route {dst} via {r.gw} dev {dev.name} (no lease)")
                     cmds.append(f"ip route del {dst} dev {dev.name}")
-        gws = {_gw(s) for s in (known if leased else routes)}
+        gws = {_gw(s) for s in known}  # no lease store: the peers routes and neighbours imply
         for ip, mac in neigh.items():
             if ip not in gws:
                 stale.append(f"neighbour {ip} {mac} on {dev.name} ({'no lease' if leased else 'no route uses it'})")

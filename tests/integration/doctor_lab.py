@@ -17,7 +17,7 @@ from cni_flannel.daemon.masq import MasqConfig, MasqManager
 from cni_flannel.doctor.model import JSON_SCHEMA, schema_errors
 from cni_flannel.firewall import Runner
 from tests.harness.netns import Node
-from tests.integration.test_daemon_backends import NETWORK, VXLAN, Cluster, Member
+from tests.integration.test_daemon_backends import NETWORK, NETWORK6, VXLAN, Cluster, Member
 
 NET_CONF_PATH = "/run/flannel/net-conf.json"
 NET_CONF = {"Network": NETWORK, "Backend": {"Type": "vxlan"}}
@@ -29,20 +29,28 @@ def node_runner(node: Node) -> Runner:
     return Runner(("nsenter", f"--net={node.path}"))
 
 
-def make_cluster(make_node, count: int = 2, pods: int = 1, masq: bool = True) -> Cluster:
-    c = Cluster(make_node, VXLAN, count=count)
+def make_cluster(make_node, count: int = 2, pods: int = 1, masq: bool = True, dual: bool = False,
+                 backend: Optional[Dict[str, Any]] = None) -> Cluster:
+    backend = backend or VXLAN
+    c = Cluster(make_node, backend, count=count, dual=dual)
+    conf = {**NET_CONF, "Backend": {"Type": backend["Type"]}}
+    if dual:
+        conf.update({"EnableIPv6": True, "IPv6Network": NETWORK6})
     for m in c.members:
-        m.node.write_file(NET_CONF_PATH, json.dumps(NET_CONF))
+        m.node.write_file(NET_CONF_PATH, json.dumps(conf))
         m.node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])  # as kube-proxy leaves a node, pods or not
+        if dual:
+            m.node.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
         if masq:
-            apply_masq(m)
+            apply_masq(m, dual)
     if pods:
         c.add_pods(pods)
     return c
 
 
-def apply_masq(m: Member) -> None:
-    cfg = MasqConfig(networks=(NETWORK,), subnets=(f"10.244.{m.n}.0/24",))
+def apply_masq(m: Member, dual: bool = False) -> None:
+    cfg = MasqConfig(networks=(NETWORK, NETWORK6) if dual else (NETWORK,),
+                     subnets=(f"10.244.{m.n}.0/24", f"fd00:10:244:{m.n}::/64") if dual else (f"10.244.{m.n}.0/24",))
     MasqManager(cfg, runner=node_runner(m.node)).reconcile()
 
 
@@ -116,7 +124,7 @@ def put_lease(node: Node, subnet: str, public_ip: str, vtep_mac: Optional[str], 
     """A lease as flanneld's etcd manager writes it: the subnet key bound to an etcd lease."""
     granted = etcdctl(node, "lease", "grant", str(ttl)).stdout.split()
     lease_id = granted[1]
-    value: Dict[str, Any] = {"PublicIP": public_ip, "PublicIPv6": None, "BackendType": "vxlan",
+    value: Dict[str, Any] = {"PublicIP": public_ip, "PublicIPv6": None, "BackendType": "vxlan" if vtep_mac else "host-gw",
                              "BackendData": {"VNI": 1, "VtepMAC": vtep_mac} if vtep_mac else None}
     key = f"{ETCD_PREFIX}/subnets/{subnet.replace('/', '-')}"
     etcdctl(node, "put", f"--lease={lease_id}", key, json.dumps(value))
@@ -127,7 +135,7 @@ def etcd_with_leases(c: Cluster, ttl: int = 86400, extra: Tuple[Tuple[str, str, 
     n1 = c.members[0].node
     start_etcd(n1)
     for m in c.members:
-        put_lease(n1, f"10.244.{m.n}.0/24", m.public, m.data["BackendData"]["VtepMAC"], ttl)
+        put_lease(n1, f"10.244.{m.n}.0/24", m.public, (m.data.get("BackendData") or {}).get("VtepMAC"), ttl)
     for subnet, ip, mac in extra:
         put_lease(n1, subnet, ip, mac, ttl)
     return n1

@@ -222,3 +222,36 @@ def test_the_fast_netlink_dump_reads_what_the_handle_reads(make_node):
     lite, full = (json.loads(line) for line in out.stdout.splitlines())
     assert lite == full
     assert any("flannel.1" in l and "VxlanInfo(vni=1" in l for l in lite["links"]) and len(lite["fdb"]) >= 2
+
+
+def test_dual_stack_node_checks_both_families_then_a_lost_v6_route(make_node):
+    """IPv6 goes through the same checks: flannel-v6.1's peers and probe, ip6tables masquerade,
+    IPv6 forwarding and bridge-nf-call-ip6tables."""
+    c = make_cluster(make_node, dual=True)
+    c.settle_ipv6()
+    n1 = c.members[0].node
+    r = doctor(n1)
+    assert r.failing() == [], r
+    assert [i.split(": ")[0] for i in r["probe"]["items"]] == ["10.244.2.0/24 → 10.244.2.0",
+                                                                "fd00:10:244:2::/64 → fd00:10:244:2::"]
+    assert "net.ipv6.conf.all.forwarding=1" in r["ip-forward"]["evidence"]
+    assert "fd00:10:244:1::/64" in r["masquerade"]["evidence"]
+    n1.run(["ip", "-6", "route", "del", "fd00:10:244:2::/64", "dev", "flannel-v6.1"])
+    lost = doctor(n1)  # no lease store: the peer is still known by its neighbour fd00:10:244:2::
+    assert lost.failing() == ["peers", "probe"], lost
+    assert "fd00:10:244:2::/64 (2001:db8::2): route missing" in lost["peers"]["items"], lost["peers"]
+
+
+def test_host_gw_node_then_a_stale_route_to_a_gone_node(make_node):
+    """host-gw: peers are routes via the peers' addresses (no VTEP to probe: "!"); a route to a
+    node that left while flanneld was down is named against the leases."""
+    c = make_cluster(make_node, pods=0, backend={"Type": "host-gw"})
+    n1 = etcd_with_leases(c)
+    r = doctor(n1, "--etcd-endpoints", ETCD_URL)
+    assert r.failing() == [], r
+    assert r["peers"]["items"] == ["10.244.2.0/24: via 198.18.0.2"]
+    assert r.status("probe") == "unknown" and r.status("vxlan-offload") == "ok"
+    n1.run(["ip", "route", "add", "10.244.8.0/24", "via", "198.18.0.8", "dev", "eth0"])
+    stale = doctor(n1, "--etcd-endpoints", ETCD_URL)
+    assert stale.failing() == ["stale"], stale
+    assert stale["stale"]["items"] == ["route 10.244.8.0/24 via 198.18.0.8 (no lease)"]

@@ -169,9 +169,13 @@ def test_stale_entries_with_and_without_leases():
     orphan = node()
     orphan.fdb = orphan.fdb + [Neighbour(3, "198.18.0.9", MAC3, state=0x80, bridge=True)]
     assert P.stale_entries(orphan).items == (f"FDB {MAC3} dst 198.18.0.9 on flannel.1 (no neighbour uses it)",)
-    lonely = node()
+    lonely = node()  # no lease store: a VTEP neighbour <subnet>.0 without its route is a peer that lost it
     lonely.neighbours = lonely.neighbours + [Neighbour(3, "10.244.9.0", MAC3, state=0x80)]
-    assert P.stale_entries(lonely).items[0] == f"neighbour 10.244.9.0 {MAC3} on flannel.1 (no route uses it)"
+    assert P.stale_entries(lonely).status == M.OK
+    assert P.peer_entries(lonely).items[1] == f"10.244.9.0/24: route missing; no FDB entry for {MAC3}"
+    odd = node()  # ...but one that is no subnet's .0 is nobody's
+    odd.neighbours = odd.neighbours + [Neighbour(3, "10.244.9.7", MAC3, state=0x80)]
+    assert P.stale_entries(odd).items[0] == f"neighbour 10.244.9.7 {MAC3} on flannel.1 (no route uses it)"
     assert P.stale_entries(node()).status == M.OK
 
 
