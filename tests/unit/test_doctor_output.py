@@ -110,3 +110,38 @@ def test_leaks_and_orphans():
     assert LO.saved_configs(f).items == ("dead",)
     f.unavailable["ipam"] = "the flannel network uses IPAM 'dhcp', not host-local"
     assert LO.ipam_leaks(f).status == M.UNKNOWN
+
+
+def test_firewall_leftovers_from_bridge_masq_portmap_and_spoofcheck_chains():
+    live, dead = ("live", "eth0"), ("dead", "eth0")
+    masq = {c: L.ipmasq_iptables("10.244.1.3", "10.244.1.0/24", "cbr0", c) for c in ("live", "dead")}
+    lines = ["*nat", ":POSTROUTING ACCEPT [0:0]"]
+    for rs in masq.values():
+        lines += [f":{c.name} - [0:0]" for c in rs.chains if c.owned]
+        lines += [f"-A {c.name} {ipt.rule_spec(r)}" for c in rs.chains for r in c.rules]
+    nat = "\n".join(lines + ["COMMIT"]) + "\n"
+    spoof = ("table bridge cni_spoofcheck {\n\tchain prerouting {\n\t}\n"
+             "\tchain cni-br-iface-dead-eth0 {\n\t}\n\tchain cni-br-iface-dead-eth0-mac {\n\t}\n"
+             "\tchain cni-br-iface-live-eth0 {\n\t}\n}\n")
+    f = node(cni_conf=CONFLIST, iptables_mode="nft", iptables=[IptablesSave("nft", "ipv4", split_tables(nat))],
+             nft_text=spoof, held=[Held("cbr0", "10.244.1.2", *live), Held("cbr0", "10.244.1.9", *dead)],
+             pods=[PodNet("/run/netns/p1", 0, ("10.244.1.2",))])
+    r = LO.firewall_leftovers(f)
+    assert r.status == M.FAIL
+    assert r.items == (f"ipv4 nat {masq['dead'].chains[0].name} (container dead)",
+                       "bridge cni_spoofcheck cni-br-iface-dead-eth0")
+    f.held = f.held[:1] + [Held("cbr0", "10.244.1.9", "dead", "eth0")]
+    f.pods = [PodNet("/run/netns/p1", 0, ("10.244.1.2", "10.244.1.9"))]
+    assert LO.firewall_leftovers(f).status == M.OK
+
+
+def test_cli_without_root_cannot_inspect(monkeypatch):
+    from click.testing import CliRunner
+
+    from cni_flannel.doctor.cli import doctor
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    result = CliRunner().invoke(doctor, ["--json"])
+    assert result.exit_code == 2
+    doc = json.loads(result.output)
+    assert M.schema_errors(doc) == [] and doc["error"].startswith("doctor needs root")
