@@ -69,6 +69,8 @@ def firewall_leftovers(f: NodeFacts, bin_dir: str = "/opt/cni/bin") -> M.Check:
     if stale:
         return M.fail(cid, title, f"{plural(len(stale), 'rule chain')} of containers that no longer run on this node",
                       _gc_fix(f, live, bin_dir), items=tuple(stale))
+    if not counted:
+        return M.ok(cid, title, "no per-container chains (bridge masquerade, portmap, spoof check)")
     return M.ok(cid, title, f"{plural(counted, 'per-container chain')}, all of live containers")
 
 

@@ -111,6 +111,10 @@ def read_netlink(f: NodeFacts) -> None:
     nsids = {l.peer_netnsid for l in f.links
              if br is not None and l.master == br.index and l.peer_netnsid is not None and l.peer_netnsid >= 0}
     f.pods = find_pods(nsids)
+    unseen = len(nsids) - sum(1 for p in f.pods if p.addresses)
+    if unseen:  # never call an address leaked when its pod may be one we cannot see
+        f.unavailable["ipam"] = (f"{unseen} of {len(nsids)} pod network namespaces on cni0 could not be found or read "
+                                 "(run doctor on the host itself, with /run/netns and the host's /proc)")
 
 
 def read_kernel(f: NodeFacts, o: Options) -> None:

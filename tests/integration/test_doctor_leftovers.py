@@ -43,3 +43,24 @@ def test_pod_lost_without_del_leaks_address_config_and_chains_until_gc(make_node
     assert keep_ip in held and leak.split()[0] not in held
     assert "8081" in n1.run(["iptables-save", "-t", "nat"]).stdout  # the live pod's mapping stays
     assert json.loads(n1.read_file("/var/lib/cni/flannel/keep-cid"))["type"] == "bridge"
+
+
+def test_a_pod_doctor_cannot_see_makes_leaks_unknown_never_a_gc_command(make_node):
+    """A runtime that pins pod namespaces where doctor does not look (here: a bind mount in the
+    node's private /var/lib/cni, gone from /run/netns): the pod's veth is on cni0 but its
+    namespace cannot be found, so no address may be called leaked -- a GC listing only the
+    pods doctor saw would take that pod's address."""
+    c = make_cluster(make_node)
+    n1 = c.members[0].node
+    hidden = n1.add_pod("hidden")
+    drivers.libcni(n1, "add", "cbr0", hidden, cid="hidden-cid")
+    n1.run(["sh", "-ec", f"mkdir -p /var/lib/cni/pinned; touch /var/lib/cni/pinned/ns; "
+                         f"mount --bind {hidden.path} /var/lib/cni/pinned/ns"])
+    hidden.delete()  # /run/netns loses it; the node's bind mount keeps the namespace and its veth alive
+    assert len([l for l in n1.run(["ip", "-o", "link", "show", "master", "cni0"]).stdout.splitlines()]) == 2
+    r = doctor(n1)
+    assert r.failing() == [], r
+    for check in ("ipam", "saved-configs", "firewall-leftovers"):
+        assert r.status(check) == "unknown", r
+        assert "1 of 2 pod network namespaces on cni0 could not be found" in r[check]["evidence"]
+        assert r[check]["fix"] is None
