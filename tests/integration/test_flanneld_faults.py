@@ -35,8 +35,11 @@ def test_etcd_restart_and_a_node_cut_off_while_a_peer_joins(make_node, etcd_fact
     time.sleep(2)
     etcd.server.start()
     etcd.server.put(f"{PREFIX}/subnets/10.244.80.0-24", PEER % (80, 80))
-    for n in (n1, n2):
-        wait_until(lambda n=n: "10.244.80.0/24" in peer_routes(n), 20, f"{n.name} sees the lease written after the restart")
+    for n, d in ((n1, d1), (n2, d2)):
+        try:
+            wait_until(lambda n=n: "10.244.80.0/24" in peer_routes(n), 20, f"{n.name} sees the lease written after the restart")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{d.log()}") from None
     assert sorted(etcd.leases()) == sorted(keys + ["10.244.80.0-24"])
     assert d1.proc.poll() is None and d2.proc.poll() is None
     # n1 cut off from etcd (connections reset, new ones refused) while n3 joins: seen once back.
