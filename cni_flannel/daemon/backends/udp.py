@@ -10,7 +10,15 @@ peers with BackendType "" (upstream udp nodes) or "udp" are both accepted.  IPv4
 
 flannel0 lives while our fd is open: a stopped daemon takes it (and its route) with it, a
 started one makes it again.  Deleted under us, it is recreated by ``reconcile`` / the next
-``handle`` (the forwarder gets the new fd).
+``handle`` (the forwarder gets the new fd).  Routes into the Network via the external
+interface (a previous host-gw run's) are removed: they would carry traffic past flannel0.
+
+Beyond upstream: datagrams from addresses that are no peer's PublicIP, and inner packets not
+for this node's subnet, are dropped; flannel0 gets accept_local=1 so the ICMP unreachable
+answers (from its own address) are not dropped as martians, and IPv6 off; where the kernel
+has them, TUN offloads and UDP GSO/GRO (cni_flannel.daemon.udp.fastpath;
+FLANNELD_UDP_OFFLOAD=0 forces the plain path).  The forwarding threads run at nice -10
+(FLANNELD_UDP_NICE) and are restarted if a bug kills one.
 """
 
 from __future__ import annotations

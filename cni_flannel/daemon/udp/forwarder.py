@@ -13,7 +13,9 @@ Network without a lease gets ICMP net unreachable written back into flannel0.
 well-formed IPv4 packet for this node's subnet; decrement the TTL; write it to flannel0.
 
 Each thread sleeps in poll() and, once woken, drains its fd until EAGAIN (one wakeup moves
-a whole burst; the GIL is released in every syscall).  Buffers are allocated once; the
+a whole burst; the GIL is released in every syscall).  This is the plain path (one packet
+per syscall, any kernel); fastpath.OffloadForwarder replaces the two loops where the kernel
+has TUN offloads and UDP GSO/GRO.  Buffers are allocated once; the
 per-packet work is slicing memoryviews.  Nothing a peer or a pod sends can stop a loop:
 every packet is either forwarded or counted as a drop with its reason.
 """
