@@ -412,7 +412,8 @@ def _make_handler(api: KubeAPI):
 
         def _body(self) -> Any:
             n = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(n) if n else b""
+            raw = self.rfile.read(n) if n and not self._consumed else b""
+            self._consumed = True
             try:
                 return json.loads(raw or b"null")
             except ValueError:
@@ -420,10 +421,11 @@ def _make_handler(api: KubeAPI):
 
         def _dispatch(self, method: str) -> None:
             api.requests.append((method, self.path))
+            self._consumed = False
             try:
                 self._route(method)
             except ApiStatus as st:
-                if method in ("POST", "PUT", "PATCH"):
+                if not self._consumed:  # the connection is kept: read the body we did not use
                     self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self._send(st.code, st.body())
             except (BrokenPipeError, ConnectionResetError):

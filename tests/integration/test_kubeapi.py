@@ -204,3 +204,23 @@ def test_restart_drops_watches_and_keeps_objects(api):
     with httpx.Client(base_url=api.url, trust_env=False) as h:
         listed = h.get("/api/v1/nodes").json()
     assert int(listed["metadata"]["resourceVersion"]) >= 50
+
+
+def test_create_conflicts_and_replace(api, tmp_path):
+    """POST (kubectl create), AlreadyExists, and optimistic concurrency on PUT (409 Conflict)."""
+    manifest = tmp_path / "node.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n9"},
+                                    "spec": {"podCIDR": "10.244.9.0/24"}}))
+    kubectl(api, "create", "--validate=false", "-f", str(manifest))
+    assert api.get("n9")["spec"]["podCIDR"] == "10.244.9.0/24"
+    again = kubectl(api, "create", "--validate=false", "-f", str(manifest), check=False)
+    assert again.returncode == 1 and "AlreadyExists" in again.stderr and '"n9" already exists' in again.stderr
+    c = client(api)
+    node = c.get(Node, "n9")
+    node.metadata.labels = {"x": "1"}
+    c.replace(node)  # current resourceVersion: accepted
+    node.metadata.labels = {"x": "2"}
+    with pytest.raises(ApiError) as err:
+        c.replace(node)  # the version it carries is stale now
+    assert (err.value.status.code, err.value.status.reason) == (409, "Conflict")
+    assert api.get("n9")["metadata"]["labels"] == {"x": "1"}
