@@ -29,18 +29,27 @@ RESULTS = REPO_ROOT / "reliability" / "results"
 PODS = 8
 
 
+FUZZ_RUNS = [["tests/unit/test_fuzz_daemon_inputs.py"]] + [
+    ["tests/integration/test_fuzz_plugins.py", "-k", plugin] for plugin in ("flannel", "bridge", "host", "portmap", "loopback")]
+
+
 def fuzz(examples: int, exec_examples: int) -> List[Dict[str, Any]]:
-    """Run the fuzz tests with the given case counts; their counts come back through CNI_FUZZ_REPORT."""
-    report = tempfile.mktemp(prefix="cnif-fuzz-", suffix=".jsonl")
-    env = dict(os.environ, CNI_FUZZ_EXAMPLES=str(examples), CNI_FUZZ_EXEC_EXAMPLES=str(exec_examples),
-               CNI_FUZZ_REPORT=report)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=7200",
-                           "tests/unit/test_fuzz_daemon_inputs.py", "tests/integration/test_fuzz_plugins.py"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    print(done.stdout[-3000:], file=sys.stderr)
-    rows = [json.loads(l) for l in open(report)] if os.path.exists(report) else []
-    for row in rows:
-        row["pytest_rc"] = done.returncode
+    """Run the fuzz tests with the given case counts, one pytest per target group side by side;
+    their counts come back through CNI_FUZZ_REPORT."""
+    rows: List[Dict[str, Any]] = []
+    procs = []
+    for n, selection in enumerate(FUZZ_RUNS):
+        report = tempfile.mktemp(prefix=f"cnif-fuzz-{n}-", suffix=".jsonl")
+        env = dict(os.environ, CNI_FUZZ_EXAMPLES=str(examples), CNI_FUZZ_EXEC_EXAMPLES=str(exec_examples),
+                   CNI_FUZZ_REPORT=report)
+        procs.append((report, subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                                "--timeout=7200", *selection], cwd=REPO_ROOT, env=env,
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for report, proc in procs:
+        out = proc.communicate()[0]
+        print(out[-2000:], file=sys.stderr)
+        got = [json.loads(l) for l in open(report)] if os.path.exists(report) else []
+        rows += [dict(row, pytest_rc=proc.returncode) for row in got]
     return rows
 
 
