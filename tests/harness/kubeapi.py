@@ -13,8 +13,8 @@ tests/integration/test_kubeapi.py):
   AlreadyExists, 410 Expired (a watch from a compacted resourceVersion: an ERROR event), 415,
   422 Invalid, 401 when a bearer token is required and missing.
 
-It is a generic object store with resourceVersions and watch history: no Kubernetes controller
-and no flannel logic.  ``stop()``/``start()`` restart it on the same address (watches dropped),
+The objects live in a generic store with resourceVersions and watch history (kubestore.py): no
+Kubernetes controller and no flannel logic.  ``stop()``/``start()`` restart it on the same address (watches dropped),
 ``jump()`` advances the resourceVersion (writes to other objects), ``compact()`` forgets the history
 (a restarted apiserver's watch cache: older versions answer 410).
 
@@ -28,8 +28,6 @@ Run standalone: python -m tests.harness.kubeapi --listen 127.0.0.1:8080
 
 from __future__ import annotations
 
-import bisect
-import copy
 import ctypes
 import json
 import os
@@ -38,12 +36,11 @@ import ssl
 import subprocess
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from .kubepatch import NODE_LIST_STRATEGIES, PatchError, json_patch, merge_patch, strategic_merge
+from .kubestore import ApiStatus, NodeStore
 
 VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "gitCommit": "0" * 40,
            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22.0",
@@ -53,41 +50,21 @@ PATCH_TYPES = {"application/strategic-merge-patch+json": "strategic",
                "application/merge-patch+json": "merge", "application/json-patch+json": "json"}
 
 
-class ApiStatus(Exception):
-    def __init__(self, code: int, reason: str, message: str, name: str = "") -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message, self.name = code, reason, message, name
+class KubeAPI(NodeStore):
+    """The store (tests/harness/kubestore.py: add_node, get, patch, delete, jump, compact ...)
+    served over HTTP(S)."""
 
-    def body(self) -> Dict[str, Any]:
-        out = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code}
-        if self.name:
-            out["details"] = {"name": self.name, "kind": "nodes"}
-        return out
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-class KubeAPI:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, netns: Optional[str] = None,
                  bookmark_interval: float = 1.0, token: Optional[str] = None,
                  tls: Optional[Tuple[str, str]] = None) -> None:
+        super().__init__(bookmark_interval)
         self.host, self.port, self.netns = host, port, netns
         self.tls = tls  # (certificate, key) files: serve https
-        self.bookmark_interval = bookmark_interval
         self.token = token  # when set, requests need "Authorization: Bearer <token>"
         self.forbidden: Set[Tuple[str, str]] = set()  # (verb, "nodes" | "nodes/status")
         self.requests: List[Tuple[str, str]] = []  # (method, path?query) of every request
-        self._cond = threading.Condition()
-        self._objects: Dict[str, Dict[str, Any]] = {}
-        self._rv = 1
-        self._compacted = 1  # watches from older versions get 410
-        self._history: List[Tuple[int, str, Dict[str, Any]]] = []  # (rv, type, object)
         self._server: Optional[ThreadingHTTPServer] = None
         self._conns: Set[socket.socket] = set()
-        self._epoch = 0  # bumped by stop(): live watches end
 
     # --- lifecycle ------------------------------------------------------------------------
     @property
@@ -117,14 +94,13 @@ class KubeAPI:
         self._server.shutdown()
         self._server.server_close()
         self._server = None
+        self.end_watches()
         with self._cond:
-            self._epoch += 1
             for conn in list(self._conns):
                 try:
                     conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-            self._cond.notify_all()
 
     def restart(self, jump: int = 0, compact: bool = False) -> None:
         self.stop()
@@ -163,188 +139,8 @@ class KubeAPI:
             raise box["error"]
         return box["sock"]
 
-    # --- store (also used directly by tests) ------------------------------------------------
-    @property
-    def resource_version(self) -> int:
-        with self._cond:
-            return self._rv
-
-    def jump(self, n: int) -> None:
-        with self._cond:
-            self._rv += n
-
-    def compact(self) -> None:
-        with self._cond:
-            self._history.clear()
-            self._compacted = self._rv
-            self._cond.notify_all()
-
     def forbid(self, verb: str, resource: str) -> None:
         self.forbidden.add((verb, resource))
-
-    def get(self, name: str) -> Dict[str, Any]:
-        with self._cond:
-            if name not in self._objects:
-                raise ApiStatus(404, "NotFound", f'nodes "{name}" not found', name)
-            return copy.deepcopy(self._objects[name])
-
-    def names(self) -> List[str]:
-        with self._cond:
-            return sorted(self._objects)
-
-    def add_node(self, name: str, pod_cidrs: Optional[List[str]] = None,
-                 annotations: Optional[Dict[str, str]] = None, addresses: Optional[List[str]] = None) -> Dict[str, Any]:
-        """A Node as the kubelet and the node controller would have made it."""
-        spec: Dict[str, Any] = {}
-        if pod_cidrs:
-            spec = {"podCIDR": pod_cidrs[0], "podCIDRs": list(pod_cidrs)}
-        obj = {"apiVersion": "v1", "kind": "Node",
-               "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
-                            "annotations": dict(annotations or {})},
-               "spec": spec,
-               "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                          "message": "kubelet is posting ready status",
-                                          "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}],
-                          "addresses": [{"type": "InternalIP", "address": a} for a in (addresses or [])]
-                          + [{"type": "Hostname", "address": name}]}}
-        return self.create(obj)
-
-    def create(self, obj: Dict[str, Any]) -> Dict[str, Any]:
-        name = obj.get("metadata", {}).get("name", "")
-        if not name:
-            raise ApiStatus(422, "Invalid", "Node \"\" is invalid: metadata.name: Required value: name is required")
-        with self._cond:
-            if name in self._objects:
-                raise ApiStatus(409, "AlreadyExists", f'nodes "{name}" already exists', name)
-            new = copy.deepcopy(obj)
-            new.setdefault("apiVersion", "v1")
-            new.setdefault("kind", "Node")
-            meta = new["metadata"]
-            meta["uid"] = str(uuid.uuid4())
-            meta["creationTimestamp"] = _now()
-            meta.pop("resourceVersion", None)
-            return self._commit(name, "ADDED", new)
-
-    def update(self, name: str, obj: Dict[str, Any], subresource: str = "") -> Dict[str, Any]:
-        with self._cond:
-            old = self.get(name)
-            rv = obj.get("metadata", {}).get("resourceVersion")
-            if rv and rv != old["metadata"]["resourceVersion"]:
-                raise ApiStatus(409, "Conflict", f'Operation cannot be fulfilled on nodes "{name}": the object has '
-                                "been modified; please apply your changes to the latest version and try again", name)
-            return self._replace(name, old, obj, subresource)
-
-    def patch(self, name: str, body: Any, kind: str = "strategic", subresource: str = "") -> Dict[str, Any]:
-        with self._cond:
-            old = self.get(name)
-            try:
-                if kind == "json":
-                    new = json_patch(old, body)
-                elif kind == "merge":
-                    new = merge_patch(old, body)
-                else:
-                    new = strategic_merge(old, body, NODE_LIST_STRATEGIES)
-            except (PatchError, LookupError, ValueError, TypeError) as exc:
-                raise ApiStatus(422, "Invalid", f'Node "{name}" is invalid: {exc}', name) from None
-            rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
-            if rv and rv != old["metadata"]["resourceVersion"]:
-                raise ApiStatus(409, "Conflict", f'Operation cannot be fulfilled on nodes "{name}": the object has '
-                                "been modified; please apply your changes to the latest version and try again", name)
-            return self._replace(name, old, new, subresource)
-
-    def delete(self, name: str) -> Dict[str, Any]:
-        with self._cond:
-            old = self.get(name)
-            del self._objects[name]
-            self._rv += 1
-            old["metadata"]["resourceVersion"] = str(self._rv)
-            self._history.append((self._rv, "DELETED", old))
-            self._cond.notify_all()
-            return copy.deepcopy(old)
-
-    def _replace(self, name: str, old: Dict[str, Any], new: Any, subresource: str) -> Dict[str, Any]:
-        if not isinstance(new, dict) or new.get("metadata", {}).get("name", name) != name:
-            raise ApiStatus(400, "BadRequest", "the name of the object does not match the name on the URL", name)
-        new = copy.deepcopy(new)
-        new.setdefault("metadata", {})
-        for key in ("uid", "creationTimestamp", "name"):  # immutable
-            new["metadata"][key] = old["metadata"][key]
-        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        new["apiVersion"], new["kind"] = "v1", "Node"
-        keep = "spec" if subresource == "status" else "status"
-        if keep in old:
-            new[keep] = old[keep]
-        else:
-            new.pop(keep, None)
-        if new == old:
-            return old  # a no-op write changes nothing, not even the resourceVersion
-        return self._commit(name, "MODIFIED", new)
-
-    def _commit(self, name: str, kind: str, obj: Dict[str, Any]) -> Dict[str, Any]:
-        self._rv += 1
-        obj["metadata"]["resourceVersion"] = str(self._rv)
-        self._objects[name] = obj
-        self._history.append((self._rv, kind, copy.deepcopy(obj)))
-        self._cond.notify_all()
-        return copy.deepcopy(obj)
-
-    # --- list and watch ---------------------------------------------------------------------
-    def list(self, limit: int = 0, cont: str = "", name: str = "") -> Dict[str, Any]:
-        with self._cond:
-            names = [n for n in sorted(self._objects) if n > cont and (not name or n == name)]
-            page = names[:limit] if limit else names
-            items = [copy.deepcopy(self._objects[n]) for n in page]
-            rv = self._rv
-        for item in items:
-            item.pop("apiVersion", None)
-            item.pop("kind", None)
-        meta: Dict[str, Any] = {"resourceVersion": str(rv)}
-        if limit and len(names) > limit:
-            meta["continue"] = page[-1]
-            meta["remainingItemCount"] = len(names) - limit
-        return {"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}
-
-    def watch_events(self, since: Optional[int], epoch: int, bookmarks: bool, deadline: float, name: str = ""):
-        """Yield watch events (dicts) until the deadline, a stop(), or compaction past ``since``."""
-        with self._cond:
-            if since is None:  # "now": the current objects as ADDED, then changes
-                since = self._rv
-                initial = [copy.deepcopy(o) for n, o in sorted(self._objects.items()) if not name or n == name]
-            else:
-                initial = []
-                if since < self._compacted:
-                    yield {"type": "ERROR", "object": ApiStatus(
-                        410, "Expired", f"too old resource version: {since} ({self._compacted})").body()}
-                    return
-        for obj in initial:
-            yield {"type": "ADDED", "object": obj}
-        next_bookmark = time.monotonic() + self.bookmark_interval
-        while True:
-            with self._cond:
-                while True:
-                    if self._epoch != epoch or time.monotonic() >= deadline:
-                        return
-                    if since < self._compacted:
-                        yield {"type": "ERROR", "object": ApiStatus(
-                            410, "Expired", f"too old resource version: {since} ({self._compacted})").body()}
-                        return
-                    i = bisect.bisect_right([h[0] for h in self._history], since)
-                    batch = [h for h in self._history[i:] if not name or h[2]["metadata"]["name"] == name]
-                    if batch or i < len(self._history):
-                        since = self._history[-1][0]
-                        break
-                    if bookmarks and time.monotonic() >= next_bookmark:
-                        batch = []
-                        break
-                    self._cond.wait(min(0.5, max(0.01, next_bookmark - time.monotonic())))
-                current = self._rv
-            for rv, kind, obj in batch:
-                yield {"type": kind, "object": copy.deepcopy(obj)}
-            if bookmarks and time.monotonic() >= next_bookmark:
-                next_bookmark = time.monotonic() + self.bookmark_interval
-                yield {"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1",
-                                                      "metadata": {"resourceVersion": str(max(since, current))}}}
-
 
 def self_signed(directory: str, ip: str = "127.0.0.1") -> Tuple[str, str]:
     """A self-signed CA certificate for ``ip`` (what a cluster's ca.crt would be), and its key."""
@@ -499,8 +295,7 @@ def _make_handler(api: KubeAPI):
             rv = q.get("resourceVersion", "")
             since = None if rv in ("", "0") else _int_rv(rv)
             timeout = float(q.get("timeoutSeconds") or 1800)
-            with api._cond:
-                epoch = api._epoch
+            epoch = api.epoch
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
