@@ -83,3 +83,16 @@ def test_a_forwarding_loop_that_dies_of_a_bug_is_restarted(caplog):
     calls.clear()
     _thread_main(loop, "udp-test", lambda: True, pause=0)()  # stopping: no restart
     assert len(calls) == 1
+
+
+def test_binds_to_the_interface_address_as_upstream_even_behind_nat():
+    from cni_flannel.net.types import Address, Link
+
+    class Handle:
+        def addresses(self, index=None, family=0):
+            return [Address(2, "fe80::1", 64, 253), Address(2, "192.0.2.10", 24, 0), Address(2, "192.0.2.11", 24, 0)]
+
+    be = new("udp", {"Type": "udp"}, networks=[NET], handle=Handle())
+    be.ext = Link(2, "eth0")
+    assert be._bind_address("192.0.2.11") == "192.0.2.11"   # the PublicIP is on the interface
+    assert be._bind_address("198.51.100.7") == "192.0.2.10"  # --public-ip of a NAT: the interface's own

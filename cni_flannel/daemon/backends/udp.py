@@ -92,13 +92,14 @@ class UdpBackend(Backend):
         assert self.node is not None
         side = self.node.side(4)
         assert side is not None
+        local = self._bind_address(side.public_ip)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             _set_buffers(sock, 4 << 20)
-            sock.bind((side.public_ip, self.port))
+            sock.bind((local, self.port))
         except OSError as exc:
             sock.close()
-            raise BackendError(f"udp backend: cannot listen on {side.public_ip}:{self.port}: "
+            raise BackendError(f"udp backend: cannot listen on {local}:{self.port}: "
                                f"{exc.strerror or exc}") from None
         why_not = "switched off (FLANNELD_UDP_OFFLOAD=0)" if os.environ.get(OFFLOAD_ENV) == "0" else probe_socket(sock)
         self.offload = gro_on = not why_not
@@ -119,6 +120,13 @@ class UdpBackend(Backend):
                  side.public_ip, self.port, "offloads: TSO from flannel0, UDP GSO/GRO" if self.offload
                  else f"plain path (offloads {why_not or 'unavailable'})")
         return {"BackendType": ""}  # upstream's udp writes PublicIP only
+
+    def _bind_address(self, public_ip: str) -> str:
+        """The external interface's own address, as upstream binds (IfaceAddr): the PublicIP
+        when the interface holds it, else its first IPv4 address (--public-ip behind NAT)."""
+        assert self.ext is not None
+        mine = [a.address for a in self.h.addresses(self.ext.index, 4) if a.scope == 0]
+        return public_ip if public_ip in mine or not mine else mine[0]
 
     @property
     def address(self) -> str:
