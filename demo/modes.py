@@ -36,6 +36,7 @@ class ModeResult:
     wire: str = ""
     gbps: Optional[float] = None
     hostport: str = ""
+    by_hand: int = 0             # routes of the previous backend the demo had to remove itself
 
 
 def subnet_of(env: Dict[str, str]) -> ipaddress.IPv4Network:
@@ -79,6 +80,7 @@ class Walkthrough:
         self.p = progress
         self.obs = Observer(progress)
         self.started = False
+        self.by_hand = 0
 
     def bring_up(self, mode: str) -> None:
         c, p = self.c, self.p
@@ -120,7 +122,8 @@ class Walkthrough:
         the more specific /24s would shadow udp's Network route.  Shown as the operator's step it
         is, never silently; nothing happens when the daemon cleaned up itself."""
         left = {n: stale_routes(mode, n.run(["ip", "-4", "route"]).stdout) for n in self.c.nodes.values()}
-        if not any(left.values()):
+        self.by_hand = sum(map(len, left.values()))
+        if not self.by_hand:
             return
         self.p.note(f"flanneld ({mode}) left routes of the previous backend in place; they would shadow "
                     f"this backend's, so they are removed by hand:")
@@ -131,7 +134,7 @@ class Walkthrough:
 
     def observe(self, mode: str) -> ModeResult:
         c, p, obs = self.c, self.p, self.obs
-        res = ModeResult(mode)
+        res = ModeResult(mode, by_hand=self.by_hand)
         n1, n2, n3 = (c.nodes[f"node{i}"] for i in (1, 2, 3))
         a, b, cc = c.pods["a"], c.pods["b"], c.pods["c"]
         ip_b, ip_c = c.pod_ips["b"], c.pod_ips["c"]

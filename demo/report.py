@@ -32,4 +32,6 @@ def table(results: Sequence[ModeResult]) -> List[str]:
             out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         else:  # a mode that did not run: its status in one wide cell
             out.append(f"{row[0]:<{widths[0]}}  {row[1]}")
-    return out + [""] + list(NOTES)
+    hand = [f"{r.mode}: flanneld left {r.by_hand} route(s) of the previous backend; the demo removed them by hand."
+            for r in results if r.by_hand]
+    return out + [""] + list(NOTES) + hand

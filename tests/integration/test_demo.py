@@ -27,11 +27,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("vxlan", "host-gw", "udp")
-# After host-gw (the seed's order), host-gw's '<peer subnet> via <peer IP> dev eth0' routes outlive the
-# restart (as upstream's do) and would shadow udp's '10.244.0.0/16 dev flannel0'; until the udp
-# backend removes them, the demo does, as a printed step (test_udp_switch_needs_no_hand_cleanup).
-LEFTOVERS = pytest.mark.xfail(reason="the udp backend does not remove host-gw's per-peer routes via eth0 "
-                                     "(its reconcile scope has no external interface)", strict=False)
 NETWORK = ipaddress.ip_network("10.244.0.0/16")
 NODE_IP = {"node1": "198.18.0.1", "node2": "198.18.0.2", "node3": "198.18.0.3"}
 ETCD_ENDPOINT = "198.18.0.254:2379"
@@ -255,7 +250,9 @@ def test_udp(run_all) -> None:
     assert "8472" not in wire
 
 
-@LEFTOVERS
+# After host-gw (the seed's order), host-gw's '<peer subnet> via <peer IP> dev eth0' routes outlive the
+# restart (upstream's do) and would shadow udp's '10.244.0.0/16 dev flannel0'.  Our udp backend removes
+# them; were they left, the demo would remove them as a printed step, and this test fails.
 def test_udp_switch_needs_no_hand_cleanup(run_all) -> None:
     text = section(run_all, "udp")
     assert "removed by hand" not in text, [c.cmd for c in T.commands(text) if c.cmd.startswith("ip route del")]

@@ -54,3 +54,35 @@ def test_iperf3_and_subnet_env() -> None:
         T.iperf3_receiver_bps(json.dumps({"error": "unable to connect to server"}))
     env = T.subnet_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n")
     assert env == {"FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": "10.244.1.1/24"}
+
+
+ROUTES = """\
+10.244.0.0/16 dev flannel0 scope link
+10.244.30.0/24 via 198.18.0.2 dev eth0
+10.244.75.0/24 dev cni0 proto kernel scope link src 10.244.75.1
+10.244.78.0/24 via 10.244.78.0 dev flannel.1 onlink
+198.18.0.0/15 dev eth0 proto kernel scope link src 198.18.0.1
+"""
+
+
+def test_stale_routes_are_the_other_backends_pod_subnet_routes() -> None:
+    from demo.modes import stale_routes
+
+    assert stale_routes("udp", ROUTES) == ["10.244.30.0/24 via 198.18.0.2 dev eth0",
+                                           "10.244.78.0/24 via 10.244.78.0 dev flannel.1 onlink"]
+    assert stale_routes("host-gw", ROUTES) == ["10.244.78.0/24 via 10.244.78.0 dev flannel.1 onlink"]
+    assert stale_routes("vxlan", ROUTES) == ["10.244.30.0/24 via 198.18.0.2 dev eth0"]
+
+
+def test_closing_table_puts_the_seed_beside_ours_and_says_what_was_done_by_hand() -> None:
+    from demo.modes import ModeResult
+    from demo.report import table
+
+    lines = table([ModeResult("vxlan", same_ttl=64, cross_ttl=62, wire="UDP 8472", gbps=2.5, hostport="hello"),
+                   ModeResult("udp", same_ttl=64, cross_ttl=60, wire="UDP 8285", gbps=0.25, hostport="hello",
+                              by_hand=6),
+                   ModeResult("host-gw", status="unavailable: no backend")])
+    assert lines[1].split() == ["vxlan", "64", "(64)", "62", "(62)", "UDP", "8472", "2.50", "Gbit/s", "ok"]
+    assert lines[2].split()[:5] == ["udp", "64", "(-)", "60", "(60)"]
+    assert lines[3].split() == ["host-gw", "unavailable:", "no", "backend"]
+    assert lines[-1] == "udp: flanneld left 6 route(s) of the previous backend; the demo removed them by hand."
