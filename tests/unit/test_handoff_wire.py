@@ -25,7 +25,7 @@ def _request(env: Dict[str, str], stdin: bytes = b"{}", plugin: str = "bridge") 
     return wire.encode_request("0.1.0", plugin, env, stdin)
 
 
-@FUZZ
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(version=names, plugin=names, env=st.dictionaries(env_keys, env_values, max_size=8), stdin=st.binary())
 def test_request_round_trip(version: str, plugin: str, env: Dict[str, str], stdin: bytes) -> None:
     frame = wire.encode_request(version, plugin, env, stdin)
