@@ -120,9 +120,10 @@ def test_restart_keeps_subnet_mac_and_routes_and_sigterm_leaves_everything(make_
         wait_until(lambda n=n: converged(etcd, n), 10, f"{n.name}'s peers")
     key, mac, before = own_key(n2), link_mac(n2), vtep(n2)
     # Interop: a lease written as upstream writes it is a peer like any other.
-    etcd.server.put(f"{PREFIX}/subnets/10.244.77.0-24", UPSTREAM_PEER)
-    wait_until(lambda: ("10.244.77.0/24", "10.244.77.0") in vtep(n1)["routes"], 10, "upstream-format peer")
-    etcd.server.delete(f"{PREFIX}/subnets/10.244.77.0-24")
+    # 10.244.177.0/24: beyond the first 100 free subnets, so no node of ours can hold it
+    etcd.server.put(f"{PREFIX}/subnets/10.244.177.0-24", UPSTREAM_PEER)
+    wait_until(lambda: ("10.244.177.0/24", "10.244.177.0") in vtep(n1)["routes"], 10, "upstream-format peer")
+    etcd.server.delete(f"{PREFIX}/subnets/10.244.177.0-24")
     wait_until(lambda: converged(etcd, n1) and converged(etcd, n2), 10, "upstream-format peer removed")
     before = vtep(n2)
     # SIGKILL + restart: same subnet, same VtepMAC, and not one route or neighbour removed meanwhile.

@@ -34,13 +34,14 @@ def test_etcd_restart_and_a_node_cut_off_while_a_peer_joins(make_node, etcd_fact
     etcd.server.stop()
     time.sleep(2)
     etcd.server.start()
-    etcd.server.put(f"{PREFIX}/subnets/10.244.80.0-24", PEER % (80, 80))
+    # 10.244.180.0/24: beyond the first 100 free subnets, so no node of ours can hold it
+    etcd.server.put(f"{PREFIX}/subnets/10.244.180.0-24", PEER % (80, 80))
     for n, d in ((n1, d1), (n2, d2)):
         try:
-            wait_until(lambda n=n: "10.244.80.0/24" in peer_routes(n), 20, f"{n.name} sees the lease written after the restart")
+            wait_until(lambda n=n: "10.244.180.0/24" in peer_routes(n), 20, f"{n.name} sees the lease written after the restart")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{d.log()}") from None
-    assert sorted(etcd.leases()) == sorted(keys + ["10.244.80.0-24"])
+    assert sorted(etcd.leases()) == sorted(keys + ["10.244.180.0-24"])
     assert d1.proc.poll() is None and d2.proc.poll() is None
     # n1 cut off from etcd (connections reset, new ones refused) while n3 joins: seen once back.
     ip = etcd.node.underlay_ip
@@ -48,7 +49,7 @@ def test_etcd_restart_and_a_node_cut_off_while_a_peer_joins(make_node, etcd_fact
             "--reject-with", "tcp-reset"])
     n1.run(["ss", "-K", "dst", ip, "dport", "=", "2379"])
     d3 = Flanneld(n3, etcd.endpoint).start().ready()
-    new = sorted(set(etcd.leases()) - set(keys) - {"10.244.80.0-24"})
+    new = sorted(set(etcd.leases()) - set(keys) - {"10.244.180.0-24"})
     assert len(new) == 1
     wait_until(lambda: new[0].replace("-", "/") in peer_routes(n2), 10, "n2 sees n3")
     time.sleep(1)
