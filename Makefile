@@ -4,6 +4,7 @@
 #   make binaries  frozen plugins in dist/cni/ (flannel bridge host-local portmap loopback)
 #   make install   DESTDIR=… PLUGINS="flannel" FORCE=1 NATIVE=0 — see packaging/install.sh
 #                  (PLUGINS="flannel flanneld" or make install-flanneld: flanneld to /opt/bin)
+#   make image     the DaemonSet's container image, dist/cni-flannel-image.tar (OCI archive)
 #   make demo | bench | reliability | drivers | deps | clean
 
 SHELL := /bin/bash
