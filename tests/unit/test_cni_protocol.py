@@ -51,7 +51,7 @@ def test_containerd_args_parse() -> None:
 
 @pytest.mark.parametrize("raw", ["FOO=1;BAR=2", "IgnoreUnknown=1;FOO=1", "FOO=", "A=1;"])
 def test_unknown_and_empty_values_are_accepted(raw: str) -> None:
-    parse_cni_args(raw)
+    assert parse_cni_args(raw) == dict(pair.split("=", 1) for pair in raw.split(";") if pair)
 
 
 @pytest.mark.parametrize("raw", ["FOO", "A=1;B", "=1", "A=1;;=2"])

@@ -88,10 +88,12 @@ def test_netns_identity(tmp_path):
 
 
 def test_enter_own_namespace_is_a_no_op():
+    own = os.stat("/proc/self/ns/net").st_ino
     with ns.enter("/proc/self/ns/net"):
-        pass
+        assert os.stat("/proc/thread-self/ns/net").st_ino == own
     with ns.enter(None):
-        pass
+        assert os.stat("/proc/thread-self/ns/net").st_ino == own
+    assert os.stat("/proc/thread-self/ns/net").st_ino == own
 
 
 def test_sysctl_keys_are_paths():
