@@ -15,6 +15,7 @@ from cni_flannel.daemon.lease import Lease
 from cni_flannel.daemon.manager import ADDED, REMOVED, Event
 from cni_flannel.daemon.metrics import Metrics
 from cni_flannel.daemon.run import Daemon, Options
+from tests.harness.wait import wait_until
 from tests.unit.daemon_doubles import MemoryManager, RecordingMasq, probe
 from tests.unit.test_daemon_backends_fake import FakeKernel
 
@@ -71,11 +72,7 @@ class Rig:
 
 
 def wait_for(cond, what: str, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    wait_until(cond, timeout, what, interval=0.01)  # the harness's wait: fails the test at the deadline
 
 
 def test_start_leases_writes_subnet_env_and_programs_the_snapshot(tmp_path):
