@@ -33,14 +33,15 @@ FUZZ_RUNS = [["tests/unit/test_fuzz_daemon_inputs.py"]] + [
     ["tests/integration/test_fuzz_plugins.py", "-k", plugin] for plugin in ("flannel", "bridge", "host", "portmap", "loopback")]
 
 
-def fuzz(examples: int, exec_examples: int) -> List[Dict[str, Any]]:
+def fuzz(examples: int, exec_examples: int, plugin_examples: int = 0) -> List[Dict[str, Any]]:
     """Run the fuzz tests with the given case counts, one pytest per target group side by side;
     their counts come back through CNI_FUZZ_REPORT."""
     rows: List[Dict[str, Any]] = []
     procs = []
     for n, selection in enumerate(FUZZ_RUNS):
         report = tempfile.mktemp(prefix=f"cnif-fuzz-{n}-", suffix=".jsonl")
-        env = dict(os.environ, CNI_FUZZ_EXAMPLES=str(examples), CNI_FUZZ_EXEC_EXAMPLES=str(exec_examples),
+        cases = plugin_examples if plugin_examples and "plugins" in selection[0] else examples
+        env = dict(os.environ, CNI_FUZZ_EXAMPLES=str(cases), CNI_FUZZ_EXEC_EXAMPLES=str(exec_examples),
                    CNI_FUZZ_REPORT=report)
         procs.append((report, subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                                 "--timeout=7200", *selection], cwd=REPO_ROOT, env=env,
@@ -53,8 +54,9 @@ def fuzz(examples: int, exec_examples: int) -> List[Dict[str, Any]]:
     return rows
 
 
-def crashes(path: str, target: int, seed: int) -> Dict[str, Any]:
-    """Rounds of PODS crashed pods until `target` crashes were injected on one path."""
+def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, Any]:
+    """Rounds of PODS crashed pods until `target` crashes were injected on one path (or, with
+    `minutes`, until that time is up: the row then shows how many were reached)."""
     from tests.conftest import start_agent
 
     started = time.monotonic()
@@ -65,7 +67,8 @@ def crashes(path: str, target: int, seed: int) -> Dict[str, Any]:
         cl = CrashLab(node, kind="bridge" if path == "go" else "flannel", ours=path != "go",
                       agent_pid=agent.pid if agent else None, rng=random.Random(seed))
         number = 0
-        while cl.counts["crashes"] < target:
+        deadline = started + minutes * 60 if minutes else float("inf")
+        while cl.counts["crashes"] < target and time.monotonic() < deadline:
             cl.round(PODS, number)
             number += 1
         final = {k: len(v) for k, v in cl.leftovers().items() if v}  # what is left at the end
@@ -103,10 +106,13 @@ def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fuzz", type=int, default=1000, help="cases per fuzz target (in-process / pure)")
+    ap.add_argument("--fuzz-plugins", type=int, default=0, help="in-process cases per plugin (default: --fuzz)")
     ap.add_argument("--fuzz-exec", type=int, default=50, help="cases per plugin through the frozen binaries")
     ap.add_argument("--crashes", type=int, default=1000, help="injected crashes for our plugins")
     ap.add_argument("--self-contained-share", type=float, default=0.5,
                     help="part of --crashes on the self-contained path (the rest through the agent)")
+    ap.add_argument("--path", choices=["self-contained", "agent", "go"], help="with --part crashes: this path only")
+    ap.add_argument("--minutes", type=float, default=0, help="with --part crashes: stop each path after this long")
     ap.add_argument("--part", choices=["all", "crashes", "fuzz", "table"], default="all",
                     help="run one part (its rows go to reliability/results/<part>.json; 'table' joins them) "
                          "so the two can run side by side")
@@ -121,22 +127,29 @@ def main() -> int:
     fuzz_rows: List[Dict[str, Any]] = []
     if args.part in ("all", "crashes"):
         own = int(args.crashes * args.self_contained_share)
-        crash_rows = [crashes("self-contained", own, seed), crashes("agent", args.crashes - own, seed + 1),
-                      crashes("go", max(20, args.crashes // 10), seed + 2)]
-        (RESULTS / "crashes.json").write_text(json.dumps(crash_rows, indent=1, default=str))
+        targets = {"self-contained": own, "agent": args.crashes - own, "go": max(20, args.crashes // 10)}
+        for n, path in enumerate(targets):
+            if args.path in (None, path):
+                crash_rows.append(crashes(path, targets[path], seed + n, args.minutes))
+        name = f"crashes-{args.path}.json" if args.path else "crashes.json"
+        (RESULTS / name).write_text(json.dumps(crash_rows, indent=1, default=str))
     if args.part in ("all", "fuzz"):
-        fuzz_rows = fuzz(args.fuzz, args.fuzz_exec)
+        fuzz_rows = fuzz(args.fuzz, args.fuzz_exec, args.fuzz_plugins)
         (RESULTS / "fuzz.json").write_text(json.dumps(fuzz_rows, indent=1, default=str))
     if args.part in ("crashes", "fuzz"):
         return 0
     if args.part == "table":
-        crash_rows = json.loads((RESULTS / "crashes.json").read_text())
+        for part in sorted(RESULTS.glob("crashes*.json"), key=lambda p: p.name):
+            crash_rows += json.loads(part.read_text())
+        order = ["self-contained", "agent", "go"]
+        crash_rows.sort(key=lambda r: order.index(r["path"]))
         fuzz_rows = json.loads((RESULTS / "fuzz.json").read_text())
     text = table(fuzz_rows, crash_rows)
     minutes = (time.monotonic() - started) / 60
     header = (f"`make reliability` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{minutes:.0f} min, seed {seed}, load {os.getloadavg()[0]:.1f}; command: .venv/bin/python -m "
-              f"tests.reliability.run --fuzz {args.fuzz} --fuzz-exec {args.fuzz_exec} --crashes {args.crashes}"
+              f"tests.reliability.run --fuzz {args.fuzz} --fuzz-plugins {args.fuzz_plugins or args.fuzz} "
+              f"--fuzz-exec {args.fuzz_exec} --crashes {args.crashes}"
               f"{' --part ' + args.part if args.part != 'all' else ''})")
     print(header + "\n\n" + text)
     (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
@@ -146,8 +159,9 @@ def main() -> int:
                for r in ours)
            + sum(r.get("tracebacks", 0) + r.get("changed", 0) + r.get("leaks", 0) for r in fuzz_rows)
            + sum(1 for r in fuzz_rows if r.get("pytest_rc")))
-    enough = sum(r["crashes"] for r in ours) >= args.crashes and all(r.get("cases", 0) >= args.fuzz * 0.9 for r in fuzz_rows
-                                                                      if "exec" not in r["target"])
+    enough = sum(r["crashes"] for r in ours) >= args.crashes and all(
+        r.get("cases", 0) >= (args.fuzz_plugins or args.fuzz if r["target"].startswith("plugin:") else args.fuzz) * 0.9
+        for r in fuzz_rows if "exec" not in r["target"])
     print(f"reliability: {'OK' if not bad and enough and fuzz_rows else 'FAILED'}")
     return 0 if not bad and enough and fuzz_rows else 1
 
