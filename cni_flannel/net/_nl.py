@@ -8,7 +8,7 @@ register the ``pyroute2`` package without running its ``__init__`` (a module
 object made from its real spec; ``__getattr__`` runs the real ``__init__`` the
 first time anyone asks for a top-level name, so full pyroute2 users elsewhere
 in the same process still work) and talk to the kernel over a plain
-``AF_NETLINK`` socket here.
+``AF_NETLINK`` socket (``_rtnl``, shared with ``batch`` and ``dump``).
 
 A :class:`Socket` is bound to the network namespace of the thread that created
 it, for its whole life (see ``ns.enter``).
@@ -17,13 +17,11 @@ it, for its whole life (see ``ns.enter``).
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
 import struct
 import sys
 from typing import Any, Dict, List, Optional
 
-from cni_flannel.net.errors import NetlinkError
+from cni_flannel.net import _rtnl
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -41,12 +39,8 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 
-NETLINK_ROUTE = 0
 NETLINK_EXT_ACK = 11
-NETLINK_GET_STRICT_CHK = 12
-SOL_NETLINK = 270
 
-_HDR = struct.Struct("=IHHII")
 _classes: Dict[int, Any] = {}
 
 
@@ -103,14 +97,7 @@ class Socket:
     """One NETLINK_ROUTE socket; ``request`` sends a message and collects the reply."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                   NETLINK_ROUTE)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        try:  # filtered dumps (e.g. routes of one table) where the kernel supports it
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        except OSError:
-            pass
-        self._sock.bind((0, 0))
+        self._sock = _rtnl.open_socket(strict=True)  # filtered dumps (e.g. routes of one table)
         self._seq = 0
         messages()
 
@@ -147,31 +134,18 @@ class Socket:
 
     def _collect(self, seq: int, raw: bool = False) -> List[Any]:
         out: List[Any] = []
-        while True:
-            data = self._sock.recv(1 << 20)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise NetlinkError(0, "malformed netlink reply")
-                chunk = data[offset:offset + length]
-                offset += (length + 3) & ~3
-                if mseq != seq:
-                    continue  # a stale reply to an earlier request
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", chunk, _HDR.size)
-                    if code:
-                        raise NetlinkError(-code, os.strerror(-code))
-                    return out
-                cls = _classes.get(mtype)
-                if raw and cls is not None:
-                    out.append(chunk)
-                elif cls is not None:
-                    reply = cls(bytearray(chunk))
-                    reply.decode()
-                    out.append(reply)
+        for data, mtype, start, end in _rtnl.replies(self._sock, seq):
+            cls = _classes.get(mtype)
+            if cls is None:
+                continue
+            chunk = data[start - _rtnl.HDR.size:end]  # the whole message, header included
+            if raw:
+                out.append(chunk)
+            else:
+                reply = cls(bytearray(chunk))
+                reply.decode()
+                out.append(reply)
+        return out
 
 
 def decode(chunk: bytes) -> Any:

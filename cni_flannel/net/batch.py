@@ -19,7 +19,7 @@ import socket
 import struct
 from typing import Any, List, Optional, Tuple
 
-from cni_flannel.net import ns
+from cni_flannel.net import _rtnl, ns
 
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 NLMSG_ERROR = 2
@@ -36,7 +36,7 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RT_TABLE_MAIN = 254
 WINDOW = 256
 
-_HDR = struct.Struct("=IHHII")
+_HDR = _rtnl.HDR
 _NDMSG = struct.Struct("=BBHiHBB")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 
@@ -104,9 +104,7 @@ class Batch:
 
     def __init__(self, netns: Optional[str] = None) -> None:
         with ns.enter(netns):
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._sock.bind((0, 0))
+            self._sock = _rtnl.open_socket()
         self._seq = 0
 
     def close(self) -> None:
@@ -136,16 +134,10 @@ class Batch:
         result: List[Optional[int]] = [None] * len(messages)
         pending = len(messages)
         while pending:
-            data = self._sock.recv(1 << 20)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise OSError("malformed netlink reply")
+            data = self._sock.recv(_rtnl.RECV_SIZE)
+            for mtype, seq, start, _end in _rtnl.walk(data):
                 if mtype == NLMSG_ERROR and first <= seq < first + len(messages):
-                    (code,) = struct.unpack_from("=i", data, offset + _HDR.size)
                     if result[seq - first] is None:
                         pending -= 1
-                    result[seq - first] = -code
-                offset += (length + 3) & ~3
+                    result[seq - first] = _rtnl.error_code(data, start)
         return [r or 0 for r in result]

@@ -10,22 +10,20 @@ Only the attributes the records carry are parsed; bridge-port flags and VLANs ar
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from cni_flannel.net.errors import NetlinkError
+from cni_flannel.net import _rtnl
 from cni_flannel.net.types import RT_TABLE_MAIN, Address, Link, Neighbour, Route, VxlanInfo
 
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
 RTM_NEWNSID, RTM_GETNSID = 88, 90
 NETNSA_NSID, NETNSA_FD = 1, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 AF_BRIDGE = 7
 RTNH_F_ONLINK = 4
-_HDR = struct.Struct("=IHHII")
+_HDR = _rtnl.HDR
 _ATTR = struct.Struct("=HH")
 _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 
@@ -69,9 +67,7 @@ class Dumper:
     """One NETLINK_ROUTE socket of the namespace the calling thread is in when it is made."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._sock.bind((0, 0))
+        self._sock = _rtnl.open_socket()
         self._seq = 0
 
     def close(self) -> None:
@@ -87,28 +83,10 @@ class Dumper:
         """(data, payload offset, message end) for each reply message."""
         self._seq += 1
         self._sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST | flags, self._seq, 0) + body)
-        while True:
-            data = self._sock.recv(1 << 20)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, rtype, _flags, seq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise NetlinkError(0, "malformed netlink reply")
-                start, end = offset + _HDR.size, offset + length
-                offset += (length + 3) & ~3
-                if seq != self._seq:
-                    continue
-                if rtype == NLMSG_DONE:
-                    return
-                if rtype == RTM_NEWNSID:  # the one answer to a GETNSID request
-                    yield data, start, end
-                    return
-                if rtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, start)
-                    if code:
-                        raise NetlinkError(-code, os.strerror(-code))
-                    return
-                yield data, start, end
+        for data, rtype, start, end in _rtnl.replies(self._sock, self._seq):
+            yield data, start, end
+            if rtype == RTM_NEWNSID:  # the one answer to a GETNSID request
+                return
 
     def links(self) -> List[Link]:
         out = []
