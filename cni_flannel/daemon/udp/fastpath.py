@@ -14,15 +14,15 @@ import os
 import socket
 import struct
 import sys
-import time
 from typing import Dict, List, Tuple
 
 from cni_flannel.daemon.udp import counters as C
-from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed
+from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed, inbound_drop
 from cni_flannel.daemon.udp.offload import (SOL_UDP, UDP_GRO, UDP_SEGMENT, VIRTIO_NET_HDR_F_NEEDS_CSUM,
                                             VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, complete_csum,
                                             merge_tcp4, segment_tcp4)
-from cni_flannel.daemon.udp.packet import (BAD_HEADER, SHORT, TTL_EXPIRED, check_ipv4, decrement_ttl)
+from cni_flannel.daemon.udp.packet import BAD_HEADER, SHORT, TTL_EXPIRED, decrement_ttl
+from cni_flannel.daemon.udp.routes import PeerTable
 
 ZERO_VNET = bytes(VNET_HDR_LEN)  # what we write before each packet: no GSO, no checksum to do
 OUTSIZE = 64 * 128 + BUFSIZE     # 64 packets' headers (≤ 120 bytes each) + the payload
@@ -50,12 +50,9 @@ class OffloadForwarder(Forwarder):
         readv, sendto, sendmsg, route = os.readv, self.sock.sendto, self.sock.sendmsg, self._route
         unpack = _VNET.unpack_from
         pack_seg = _SEG.pack
-        thread_time = time.thread_time
-        stats = self.counters.tun_to_udp
-        for fd in self._tun_wakeups():
+
+        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
             packets = nbytes = 0
-            drops: Dict[str, int] = {}
-            table = self.table
             while True:
                 try:
                     n = readv(fd, bufs) - VNET_HDR_LEN
@@ -98,7 +95,9 @@ class OffloadForwarder(Forwarder):
                     continue
                 packets += 1
                 nbytes += n
-            stats.add(packets, nbytes, drops, thread_time())
+            return packets, nbytes
+
+        self._pump(self._tun_wakeups(), self.counters.tun_to_udp, drain)
 
     def _udp_to_tun(self) -> None:
         buf = bytearray(BUFSIZE)
@@ -112,12 +111,9 @@ class OffloadForwarder(Forwarder):
         cmsg_space = socket.CMSG_SPACE(4)
         dontwait = socket.MSG_DONTWAIT
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
-        thread_time = time.thread_time
-        stats = self.counters.udp_to_tun
-        for fd in self._udp_wakeups():
+
+        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
             packets = nbytes = 0
-            drops: Dict[str, int] = {}
-            table = self.table
             sources = table.sources
             while True:
                 try:
@@ -142,12 +138,7 @@ class OffloadForwarder(Forwarder):
                 off = 0
                 while off < n:
                     size = step if off + step <= n else n - off
-                    p = mv[off:off + size]
-                    why = C.OVERSIZED if size > mtu else check_ipv4(p, size)
-                    if why is None and int.from_bytes(p[16:20], "big") & own_mask != own_net:
-                        why = C.NOT_FOR_US
-                    if why is None and p[8] <= 1:
-                        why = TTL_EXPIRED  # (decremented below: once per write, not per segment)
+                    why = inbound_drop(mv[off:off + size], size, own_net, own_mask, mtu)
                     if why is None:
                         valid.append((off, size))
                         nbytes += size
@@ -170,7 +161,9 @@ class OffloadForwarder(Forwarder):
                     except OSError:
                         drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
                 packets += len(valid)
-            stats.add(packets, nbytes, drops, thread_time())
+            return packets, nbytes
+
+        self._pump(self._udp_wakeups(), self.counters.udp_to_tun, drain)
 
 
 def probe_socket(sock: socket.socket) -> str:

@@ -30,10 +30,11 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from cni_flannel.daemon.udp import counters as C
-from cni_flannel.daemon.udp.packet import check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT, TTL_EXPIRED
+from cni_flannel.daemon.udp.packet import (Buffer, check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT,
+                                           TTL_EXPIRED)
 from cni_flannel.daemon.udp.routes import Addr, PeerTable
 
 log = logging.getLogger("cni_flannel.daemon.udp")
@@ -44,6 +45,9 @@ DATA_PLANE_NICE = -10
 BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole and counted
 LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
 _GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
+
+# One direction's inner loop: drain(fd, peer table, drops) -> (packets, bytes) it moved.
+Drain = Callable[[int, PeerTable, Dict[str, int]], Tuple[int, int]]
 
 
 class Forwarder:
@@ -133,6 +137,15 @@ class Forwarder:
             poller.poll(1000)
             yield self.tun_fd
 
+    def _pump(self, wakeups: Iterator[int], stats: C.Direction, drain: Drain) -> None:
+        """Run one direction: at each wakeup, ``drain`` empties its source until EAGAIN with the
+        peer table of that moment and says what it moved; the counters get it as one batch."""
+        thread_time = time.thread_time
+        for fd in wakeups:
+            drops: Dict[str, int] = {}
+            packets, nbytes = drain(fd, self.table, drops)
+            stats.add(packets, nbytes, drops, thread_time())
+
     # --- flannel0 -> peers ---------------------------------------------------------------
     def _route(self, pkt: memoryview, n: int, fd: int, table: PeerTable, drops: Dict[str, int]) -> Optional[Addr]:
         """The peer for the packet ``pkt[:n]`` read from flannel0; None when it goes nowhere
@@ -164,12 +177,9 @@ class Forwarder:
         mv = memoryview(buf)
         bufs = [buf]
         readv, sendto, route = os.readv, self.sock.sendto, self._route
-        thread_time = time.thread_time
-        stats = self.counters.tun_to_udp
-        for fd in self._tun_wakeups():
+
+        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
             packets = nbytes = 0
-            drops: Dict[str, int] = {}
-            table = self.table
             while True:
                 try:
                     n = readv(fd, bufs)
@@ -191,7 +201,9 @@ class Forwarder:
                     continue
                 packets += 1
                 nbytes += n
-            stats.add(packets, nbytes, drops, thread_time())
+            return packets, nbytes
+
+        self._pump(self._tun_wakeups(), self.counters.tun_to_udp, drain)
 
     # --- peers -> flannel0 ---------------------------------------------------------------
     def _udp_to_tun(self) -> None:
@@ -201,12 +213,9 @@ class Forwarder:
         write = os.write
         dontwait = socket.MSG_DONTWAIT
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
-        thread_time = time.thread_time
-        stats = self.counters.udp_to_tun
-        for fd in self._udp_wakeups():
+
+        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
             packets = nbytes = 0
-            drops: Dict[str, int] = {}
-            table = self.table
             sources = table.sources
             while True:
                 try:
@@ -219,19 +228,11 @@ class Forwarder:
                 if src[0] not in sources:
                     drops[C.UNKNOWN_SOURCE] = drops.get(C.UNKNOWN_SOURCE, 0) + 1
                     continue
-                if n > mtu:
-                    drops[C.OVERSIZED] = drops.get(C.OVERSIZED, 0) + 1
-                    continue
-                why = check_ipv4(mv, n)
+                why = inbound_drop(mv, n, own_net, own_mask, mtu)
                 if why is not None:
                     drops[why] = drops.get(why, 0) + 1
                     continue
-                if int.from_bytes(mv[16:20], "big") & own_mask != own_net:
-                    drops[C.NOT_FOR_US] = drops.get(C.NOT_FOR_US, 0) + 1
-                    continue
-                if not decrement_ttl(buf):
-                    drops[TTL_EXPIRED] = drops.get(TTL_EXPIRED, 0) + 1
-                    continue
+                decrement_ttl(buf)  # cannot fail: inbound_drop checked the TTL
                 try:
                     write(fd, mv[:n])
                 except OSError:
@@ -239,7 +240,23 @@ class Forwarder:
                     continue
                 packets += 1
                 nbytes += n
-            stats.add(packets, nbytes, drops, thread_time())
+            return packets, nbytes
+
+        self._pump(self._udp_wakeups(), self.counters.udp_to_tun, drain)
+
+
+def inbound_drop(p: Buffer, size: int, own_net: int, own_mask: int, mtu: int) -> Optional[str]:
+    """Why the packet ``p[:size]`` a peer sent is not written to flannel0 (None: it is): larger
+    than flannel0's MTU, not one well-formed IPv4 packet, not for this node's subnet, or a TTL
+    that would expire here (checked, not decremented: the caller decrements once per write)."""
+    if size > mtu:
+        return C.OVERSIZED
+    why = check_ipv4(p, size)
+    if why is None and int.from_bytes(p[16:20], "big") & own_mask != own_net:
+        why = C.NOT_FOR_US
+    if why is None and p[8] <= 1:
+        why = TTL_EXPIRED
+    return why
 
 
 def _thread_main(target: Callable[[], None], name: str, stopping: Callable[[], bool],
