@@ -4,7 +4,8 @@ an error would let every leak test pass.  Only a real absence (no such table, no
 directory) reads as empty; any other failure raises."""
 from __future__ import annotations
 
-from typing import Dict, List
+import json
+from typing import Any, Dict, List, Optional
 
 from tests.harness.netns import CommandError, Node
 
@@ -26,6 +27,17 @@ def nft_table(node: Node, family: str, name: str) -> str:
         return done.stdout
     if "No such file or directory" in done.stderr:
         return ""
+    raise CommandError(done.returncode, done.args, done.stdout, done.stderr)
+
+
+def link(node: Node, name: str) -> Optional[Dict[str, Any]]:
+    """``ip -d -j link show name`` as a dict, or None when the device does not exist; any
+    other failure of ``ip`` raises (so "the device is gone" can never pass by accident)."""
+    done = node.run(["ip", "-d", "-j", "link", "show", name], check=False)
+    if done.returncode == 0:
+        return json.loads(done.stdout)[0]
+    if "does not exist" in done.stderr:
+        return None
     raise CommandError(done.returncode, done.args, done.stdout, done.stderr)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from tests.harness.etcd import EtcdServer, in_netns
 from tests.harness.netns import Node
 from tests.harness.plugins import FROZEN_DIR
+from tests.harness.state import link
 from tests.harness.wait import wait_until
 
 FLANNELD = FROZEN_DIR / "flanneld"
@@ -130,8 +131,8 @@ def vtep(node: Node, dev: str = "flannel.1") -> Dict[str, List[Tuple[str, ...]]]
 
 
 def link_mac(node: Node, dev: str = "flannel.1") -> Optional[str]:
-    res = node.run(["ip", "-j", "link", "show", dev], check=False)
-    return json.loads(res.stdout)[0]["address"] if res.returncode == 0 else None
+    found = link(node, dev)  # None only when the device does not exist; other failures raise
+    return found["address"] if found else None
 
 
 class Monitor:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.harness.etcd import etcd_factory  # noqa: F401 - fixture
-from tests.harness.state import iptables_save
+from tests.harness.state import iptables_save, link
 from tests.integration.flannel_node import flannel_node
 from tests.integration.flanneld_lab import (FLANNELD, PREFIX, EtcdNode, Flanneld, subnet_env, vtep,
                                             wait_until)
@@ -137,7 +137,7 @@ def assert_clean_failure(node, res, code, needle):
     assert len(errors) == 1 and needle in errors[0], out
     assert "Traceback" not in out
     assert not node.exists("/run/flannel/subnet.env")
-    assert node.run(["ip", "link", "show", "flannel.1"], check=False).returncode != 0
+    assert link(node, "flannel.1") is None
     assert "FLANNEL" not in iptables_save(node)
 
 

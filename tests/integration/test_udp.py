@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tests.harness.state import link
 from tests.integration.udp_helpers import (MODES, MTU, UDP, counters, drops, mode_of, ping, python, transfer,
                                            udp_cluster)
 from tests.integration.test_daemon_backends import link_info
@@ -111,7 +112,7 @@ def test_udp_flannel0_deleted_is_recreated_and_a_restart_resumes(make_node):
     assert link_info(n1.node, "flannel0")["mtu"] == MTU and p1.ping(ips2[0]) and p2.ping(n1.pods[0][1][0])
     # The process goes (a daemon restart): flannel0 goes with it; a new one brings it back.
     n1.proc.stop()
-    assert n1.node.run(["ip", "link", "show", "flannel0"], check=False).returncode != 0
+    assert link(n1.node, "flannel0") is None
     from tests.integration.test_daemon_backends import BackendProc, NETWORK
     n1.proc = BackendProc(n1.node, UDP, (NETWORK,))
     n1.proc.ok("setup", lease=n1.lease("udp"))
@@ -149,10 +150,10 @@ def test_udp_bad_setups_leave_nothing_behind(make_node):
     lease = {"Subnet": "10.244.1.0/24", "PublicIP": node.underlay_ip, "BackendType": "udp"}
     reply = proc.call("setup", lease=lease)
     assert not reply["ok"] and "cannot listen on 198.18.0.1:8285" in reply["msg"], reply
-    assert node.run(["ip", "link", "show", "flannel0"], check=False).returncode != 0
+    assert link(node, "flannel0") is None
     for bad, why in (({**lease, "Subnet": "10.245.1.0/24"}, "outside the Network"),
                      ({"IPv6Subnet": "fd00::/64", "PublicIPv6": "2001:db8::1", "BackendType": "udp"}, "IPv4 only"),
                      ({**lease, "BackendType": "vxlan"}, "BackendType 'vxlan'")):
         reply = proc.call("setup", lease=bad)
         assert not reply["ok"] and why in reply["msg"], reply
-    assert node.run(["ip", "link", "show", "flannel0"], check=False).returncode != 0
+    assert link(node, "flannel0") is None

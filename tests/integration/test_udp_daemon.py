@@ -3,11 +3,11 @@ lease bytes, flannel0, pods everywhere reaching each other, a transfer, /metrics
 deleted flannel0, and a SIGKILLed daemon's restart bringing traffic back by itself."""
 from __future__ import annotations
 
-import json
 import signal
 
 from tests.harness import drivers
 from tests.harness.etcd import etcd_factory  # noqa: F401 - fixture
+from tests.harness.state import link
 from tests.integration.flannel_node import flannel_node
 from tests.integration.flanneld_lab import EtcdNode, Flanneld, http_get, subnet_env, wait_until
 from tests.integration.udp_helpers import MTU, transfer
@@ -16,8 +16,7 @@ NO_BACKEND_CONF = '{"Network": "10.244.0.0/16"}'  # flannel's default backend is
 
 
 def flannel0(node):
-    res = node.run(["ip", "-d", "-j", "link", "show", "flannel0"], check=False)
-    return json.loads(res.stdout)[0] if res.returncode == 0 else None
+    return link(node, "flannel0")  # None only when it does not exist
 
 
 def test_udp_daemon_three_nodes_metrics_repair_and_restart(make_node, etcd_factory):
