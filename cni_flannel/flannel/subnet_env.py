@@ -137,6 +137,8 @@ def _list(value: Optional[str]) -> List[str]:
 
 def _network(path: str, key: str, value: str, version: int) -> Network:
     try:
+        if "/" not in value:  # a bare address would read as a /32 (Go's ParseCIDR refuses it too)
+            raise ValueError(value)
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise InvalidConfig(f"{path}: {key}={value} is not a valid CIDR") from None

@@ -27,6 +27,7 @@ def test_crashes_leave_nothing(make_node, path: str) -> None:
     assert counts["crashes"] >= ROUNDS, counts  # the kills happened
     assert not lab.leftover_rounds, lab.leftover_rounds
     assert counts["del_failures"] == 0 and counts["gc_failures"] == 0 and counts["tracebacks"] == 0, counts
+    assert counts["hangs"] == 0, counts
     if agent:  # the hand-off path really served (no silent fallback to the self-contained one)
         assert len([r for r in agent_requests(node) if "flannel ADD crash-" in r]) >= ROUNDS, agent_requests(node)
 

@@ -106,7 +106,12 @@ class CrashLab:
                 proc.wait(kill_after)
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)  # the runtime's timeout: the process it started, nothing else
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # a hang is a finding, not the end of the run
+            proc.kill()
+            out, err = proc.communicate()
+            self.count("hangs")
         if b"Traceback" in err:
             self.count("tracebacks")
         try:

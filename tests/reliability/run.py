@@ -79,21 +79,21 @@ def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, 
             "leftovers": sum(final.values()), "leftover_kinds": final,
             "failures": {k: v for k, v in counts.items() if k.startswith(("del_failure:", "gc_failure:"))},
             "del_failures": counts["del_failures"], "gc_failures": counts["gc_failures"],
-            "tracebacks": counts["tracebacks"], "reboot_leftovers": reboot,
+            "tracebacks": counts["tracebacks"], "hangs": counts["hangs"], "reboot_leftovers": reboot,
             "by_step": {k[6:]: v for k, v in counts.items() if k.startswith("crash:")},
             "first_leftovers": cl.leftover_rounds[:3], "seconds": round(time.monotonic() - started)}
 
 
 def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> str:
     lines = ["| crash injection | crashes | rounds (8 pods) | rounds with leftovers | left at the end | DEL/GC failures "
-             "| tracebacks | after reboot + GC |", "|---|---|---|---|---|---|---|---|"]
+             "| tracebacks | hangs (> 120 s, killed) | after reboot + GC |", "|---|---|---|---|---|---|---|---|---|"]
     for r in crash_rows:
         name = {"self-contained": "ours, self-contained", "agent": "ours, agent hand-off",
                 "go": "Go (Debian), bridge chain, random-delay kills"}[r["path"]]
         kinds = ", ".join(f"{k} {v}" for k, v in r["leftover_kinds"].items())
         lines.append(f"| {name} | {r['crashes']} | {r['rounds']} | {r['rounds_with_leftovers']} "
                      f"| {r['leftovers']}{f' ({kinds})' if kinds else ''} "
-                     f"| {r['del_failures'] + r['gc_failures']} | {r['tracebacks']} "
+                     f"| {r['del_failures'] + r['gc_failures']} | {r['tracebacks']} | {r.get('hangs', 0)} "
                      f"| {'—' if r['reboot_leftovers'] is None else r['reboot_leftovers']} |")
     lines += ["", "| fuzz target | cases | results | clean errors | tracebacks | node changed by a failure | leaks |",
               "|---|---|---|---|---|---|---|"]
@@ -155,7 +155,7 @@ def main() -> int:
     (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
     (RESULTS / "latest.json").write_text(json.dumps({"crashes": crash_rows, "fuzz": fuzz_rows}, indent=1, default=str))
     ours = [r for r in crash_rows if r["path"] != "go"]
-    bad = (sum(r["rounds_with_leftovers"] + r["leftovers"] + r["del_failures"] + r["gc_failures"] + r["tracebacks"] + (r["reboot_leftovers"] or 0)
+    bad = (sum(r["rounds_with_leftovers"] + r["leftovers"] + r.get("hangs", 0) + r["del_failures"] + r["gc_failures"] + r["tracebacks"] + (r["reboot_leftovers"] or 0)
                for r in ours)
            + sum(r.get("tracebacks", 0) + r.get("changed", 0) + r.get("leaks", 0) for r in fuzz_rows)
            + sum(1 for r in fuzz_rows if r.get("pytest_rc")))

@@ -134,6 +134,13 @@ def test_bad_subnet_env(text: str, cls: type, words: str) -> None:
     assert words in str(info.value) and "/run/flannel/subnet.env" in str(info.value)
 
 
+def test_subnet_without_prefix_length_is_refused() -> None:
+    # found by the fuzzer: a bare address read as a /32 subnet
+    with pytest.raises(InvalidConfig, match="FLANNEL_SUBNET=10.244.1.0 is not a valid CIDR"):
+        subnet_env.parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.0\nFLANNEL_MTU=1450\n"
+                         "FLANNEL_IPMASQ=true\n")
+
+
 def test_missing_file_is_try_again(tmp_path: Any) -> None:
     with pytest.raises(TryAgainLater) as info:
         subnet_env.load(str(tmp_path / "subnet.env"))
