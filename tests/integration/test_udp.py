@@ -9,6 +9,7 @@ import os
 import pytest
 
 from tests.harness.state import link
+from tests.harness.wait import wait_until
 from tests.integration.udp_helpers import (MODES, MTU, UDP, counters, drops, mode_of, ping, python, transfer,
                                            udp_cluster)
 from tests.integration.test_daemon_backends import link_info
@@ -144,8 +145,7 @@ def test_udp_bad_setups_leave_nothing_behind(make_node):
     blocker = node.popen(["python3", "-c", "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
                           " s.bind(('0.0.0.0', 8285)); time.sleep(60)"])
     node.lab.add_finalizer(lambda: (blocker.kill(), blocker.wait()))
-    import time
-    time.sleep(0.5)
+    wait_until(lambda: ":8285" in node.run(["ss", "-H", "-uln", "sport", "= :8285"]).stdout, 10, "the blocker on 8285")
     proc = BackendProc(node, UDP, (NETWORK,))
     lease = {"Subnet": "10.244.1.0/24", "PublicIP": node.underlay_ip, "BackendType": "udp"}
     reply = proc.call("setup", lease=lease)

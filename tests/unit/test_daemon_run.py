@@ -143,9 +143,9 @@ def test_store_that_comes_back_is_used(tmp_path):
 def test_stop_during_startup_retries_exits_zero(tmp_path):
     rig = Rig(tmp_path, manager=MemoryManager(unavailable=100), startup_timeout=60)
     rig.thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: rig.manager.calls >= 2, "a start-up retry")  # stopped while retrying, not before
     rig.daemon.request_stop()
-    assert rig.finish() == (0, None)
+    assert rig.finish() == (0, None) and not rig.daemon.status.ready
 
 
 def test_preflight_failure_changes_nothing(tmp_path):
