@@ -3,6 +3,7 @@ manager that records calls, a preflight probe.  Real etcd is exercised by the in
 from __future__ import annotations
 
 import ipaddress
+import json
 import threading
 import time
 from typing import Any, List, Optional
@@ -14,6 +15,13 @@ from cni_flannel.daemon.manager import Snapshot, SubnetManager
 from cni_flannel.daemon.preflight import Probe
 
 CONF = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
+
+
+def netconf_of(**kw: Any) -> netconf.NetConf:
+    """net-conf.json with ``kw`` over a vxlan 10.244.0.0/16 default, parsed."""
+    kw.setdefault("Network", "10.244.0.0/16")
+    kw.setdefault("Backend", {"Type": "vxlan"})
+    return netconf.parse(json.dumps(kw))
 
 
 class MemoryManager(SubnetManager):

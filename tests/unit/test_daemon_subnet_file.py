@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cni_flannel.daemon import netconf, subnet_file
 from cni_flannel.flannel import subnet_env
+from tests.unit.daemon_doubles import netconf_of
 
 V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network
 
 
-def conf(**kw: Any) -> netconf.NetConf:
-    kw.setdefault("Network", "10.244.0.0/16")
-    kw.setdefault("Backend", {"Type": "vxlan"})
-    return netconf.parse(json.dumps(kw))
+conf = netconf_of  # shared with the other daemon unit tests
 
 
 DUAL = dict(EnableIPv6=True, IPv6Network="fd00:10:244::/56")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import json
 from typing import Any, List, Optional, Sequence
 
 import pytest
@@ -12,16 +11,14 @@ import pytest
 from cni_flannel.daemon import netconf, subnets
 from cni_flannel.daemon.lease import Lease, LeaseAttrs
 from cni_flannel.daemon.subnets import OutOfSubnets, PodCIDRMismatch
+from tests.unit.daemon_doubles import netconf_of
 
 V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network
 IP = ipaddress.IPv4Address
 
 
-def conf(**kw: Any) -> netconf.NetConf:
-    kw.setdefault("Network", "10.244.0.0/16")
-    kw.setdefault("Backend", {"Type": "vxlan"})
-    return netconf.parse(json.dumps(kw))
+conf = netconf_of  # shared with the other daemon unit tests
 
 
 def dual(**kw: Any) -> netconf.NetConf:
