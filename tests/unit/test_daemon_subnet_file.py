@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cni_flannel.daemon import netconf, subnet_file
+from cni_flannel.daemon import subnet_file
 from cni_flannel.flannel import subnet_env
 from tests.unit.daemon_doubles import netconf_of
 
