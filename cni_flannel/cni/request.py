@@ -43,6 +43,9 @@ def parse_env(environ: Mapping[str, str]) -> Env:
         raise InvalidEnvironment(f"unknown CNI_COMMAND {command!r}", f"expected one of {', '.join(COMMANDS)}")
     if command == "VERSION":
         return Env(command=command)
+    nul = sorted(k for k, v in environ.items() if k.startswith("CNI_") and "\0" in v)
+    if nul:  # exec cannot carry one, but the agent's wire and in-process callers can
+        raise InvalidEnvironment(f"env variables [{','.join(nul)}] contain a NUL byte")
     missing = [var for var in REQUIRED_ENV[command] if not environ.get(var)]
     if missing:
         raise InvalidEnvironment(f"required env variables [{','.join(missing)}] missing")

@@ -87,6 +87,12 @@ def test_del_does_not_need_a_netns() -> None:
     assert parse_env(env("DEL", CNI_NETNS=None)).netns == ""
 
 
+def test_nul_in_a_variable_is_code_4() -> None:
+    # found by the fuzzer: CNI_NETNS with a NUL reached os.stat and became an internal error
+    with pytest.raises(InvalidEnvironment, match="CNI_NETNS"):
+        parse_env(env("DEL", CNI_NETNS="/run/netns/a\0b"))
+
+
 def test_add_needs_a_netns() -> None:
     with pytest.raises(InvalidEnvironment, match="CNI_NETNS"):
         parse_env(env("ADD", CNI_NETNS=None))
