@@ -77,15 +77,16 @@ def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, 
     return {"path": path, "crashes": counts["crashes"], "rounds": counts["rounds"],
             "rounds_with_leftovers": len(cl.leftover_rounds),
             "leftovers": sum(final.values()), "leftover_kinds": final,
-            "failures": {k: v for k, v in counts.items() if k.startswith(("del_failure:", "gc_failure:"))},
+            "failures": {k: v for k, v in counts.items() if k.startswith(("del_failure:", "gc_failure:", "add_failure:"))},
             "del_failures": counts["del_failures"], "gc_failures": counts["gc_failures"],
+            "add_failures": counts["add_failures"],
             "tracebacks": counts["tracebacks"], "hangs": counts["hangs"], "reboot_leftovers": reboot,
             "by_step": {k[6:]: v for k, v in counts.items() if k.startswith("crash:")},
             "first_leftovers": cl.leftover_rounds[:3], "seconds": round(time.monotonic() - started)}
 
 
 def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> str:
-    lines = ["| crash injection | crashes | rounds (8 pods) | rounds with leftovers | left at the end | DEL/GC failures "
+    lines = ["| crash injection | crashes | rounds (8 pods) | rounds with leftovers | left at the end | DEL/GC/reboot-ADD failures "
              "| tracebacks | hangs (> 120 s, killed) | after reboot + GC |", "|---|---|---|---|---|---|---|---|---|"]
     for r in crash_rows:
         name = {"self-contained": "ours, self-contained", "agent": "ours, agent hand-off",
@@ -93,7 +94,8 @@ def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> 
         kinds = ", ".join(f"{k} {v}" for k, v in r["leftover_kinds"].items())
         lines.append(f"| {name} | {r['crashes']} | {r['rounds']} | {r['rounds_with_leftovers']} "
                      f"| {r['leftovers']}{f' ({kinds})' if kinds else ''} "
-                     f"| {r['del_failures'] + r['gc_failures']} | {r['tracebacks']} | {r.get('hangs', 0)} "
+                     f"| {r['del_failures'] + r['gc_failures'] + r.get('add_failures', 0)} | {r['tracebacks']} "
+                     f"| {r.get('hangs', 0)} "
                      f"| {'—' if r['reboot_leftovers'] is None else r['reboot_leftovers']} |")
     lines += ["", "| fuzz target | cases | results | clean errors | tracebacks | node changed by a failure | leaks |",
               "|---|---|---|---|---|---|---|"]
@@ -155,7 +157,7 @@ def main() -> int:
     (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
     (RESULTS / "latest.json").write_text(json.dumps({"crashes": crash_rows, "fuzz": fuzz_rows}, indent=1, default=str))
     ours = [r for r in crash_rows if r["path"] != "go"]
-    bad = (sum(r["rounds_with_leftovers"] + r["leftovers"] + r.get("hangs", 0) + r["del_failures"] + r["gc_failures"] + r["tracebacks"] + (r["reboot_leftovers"] or 0)
+    bad = (sum(r["rounds_with_leftovers"] + r["leftovers"] + r.get("hangs", 0) + r.get("add_failures", 0) + r["del_failures"] + r["gc_failures"] + r["tracebacks"] + (r["reboot_leftovers"] or 0)
                for r in ours)
            + sum(r.get("tracebacks", 0) + r.get("changed", 0) + r.get("leaks", 0) for r in fuzz_rows)
            + sum(1 for r in fuzz_rows if r.get("pytest_rc")))
