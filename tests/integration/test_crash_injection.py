@@ -36,4 +36,4 @@ def test_reboot_then_one_gc_leaves_nothing(node) -> None:
     """Namespaces gone, state files left (a reboot): one GC with the valid list cleans the node."""
     lab = CrashLab(node, kind="flannel")
     assert lab.reboot_round(4) == 0, lab.leftover_rounds
-    assert lab.counts["gc_failures"] == 0, lab.counts
+    assert lab.counts["gc_failures"] == 0 and lab.counts["add_failures"] == 0, lab.counts
