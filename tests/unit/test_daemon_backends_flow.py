@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 
 import pytest
 
@@ -21,10 +22,11 @@ NET = ["10.244.0.0/16", "fd00:10:244::/56"]
 MAC = {2: "0a:58:0a:f4:02:00", 3: "0a:58:0a:f4:03:00", 4: "0a:58:0a:f4:04:00"}
 
 
-def lease(n: int, btype: str = "vxlan", public: str = "", v6: bool = False, mac: str = "") -> Lease:
+def lease(n: int, btype: str = "vxlan", public: str = "", v6: bool = False, mac: str = "",
+          public6: str = "") -> Lease:
     d = {"Subnet": f"10.244.{n}.0/24", "PublicIP": public or f"198.18.0.{n}", "BackendType": btype}
     if v6:
-        d.update(IPv6Subnet=f"fd00:10:244:{n}::/64", PublicIPv6=f"2001:db8::{n}")
+        d.update(IPv6Subnet=f"fd00:10:244:{n}::/64", PublicIPv6=public6 or f"2001:db8::{n}")
     if btype == "vxlan" and (mac or MAC.get(n)):
         d["BackendData"] = {"VNI": 1, "VtepMAC": mac or MAC[n]}
         if v6:
@@ -312,3 +314,59 @@ def test_a_removal_without_attributes_removes_the_known_peer():
     be.reconcile([lease(2), lease(3)])
     be.handle([Event("removed", L.from_dict({"Subnet": "10.244.3.0/24", "BackendType": ""}))])
     assert programmed(k)[2] == [("10.244.2.0/24", "10.244.2.0", True)]
+
+
+# --- a peer at one of our own addresses -------------------------------------------------------
+
+def refusals(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_peer_claiming_our_public_ip_is_refused_with_one_warning(caplog):
+    """Another subnet at our PublicIP (a stale lease of ours, or a lying peer): programming it
+    would point its FDB entry at ourselves.  Skipped, named in one warning; the others go on."""
+    k = FakeKernel()
+    be = vxlan(k)
+    with caplog.at_level(logging.WARNING, logger="cni_flannel.daemon.backends"):
+        be.reconcile([lease(2), lease(5, public="198.18.0.1", mac=MAC[4])])
+    assert list(be.peers) == [lease(2).key]
+    assert programmed(k) == ([("10.244.2.0", MAC[2])], [(MAC[2], "198.18.0.2")],
+                             [("10.244.2.0/24", "10.244.2.0", True)])
+    assert refusals(caplog) == ["refusing peer 10.244.5.0/24 (198.18.0.1): its public IP 198.18.0.1 "
+                                "is this node's own address; nothing is programmed for it"]
+
+
+def test_a_peer_moving_onto_our_address_loses_what_it_had():
+    k = FakeKernel()
+    be = vxlan(k)
+    be.reconcile([lease(2), lease(3)])
+    be.handle([Event("added", lease(3, public="198.18.0.1"))])
+    assert list(be.peers) == [lease(2).key]
+    assert [r[0] for r in programmed(k)[2]] == ["10.244.2.0/24"]
+    assert programmed(k)[1] == [(MAC[2], "198.18.0.2")]
+
+
+@pytest.mark.parametrize("public, public6", [("198.18.0.1", ""), ("", "2001:db8::1"), ("", "2001:DB8:0::1"),
+                                             ("192.0.2.200", ""), ("127.0.0.1", ""), ("", "::1")])
+def test_dual_stack_refuses_a_peer_with_any_side_at_our_address(caplog, public, public6):
+    """One check for IPv4 and IPv6: the node's PublicIP(v6), any other address it holds, loopback."""
+    k = FakeKernel(ext_ip="198.18.0.1/15,2001:db8::1/64")
+    k.add_address(k.lo.index, "192.0.2.200/32")
+    be = vxlan(k)
+    with caplog.at_level(logging.WARNING, logger="cni_flannel.daemon.backends"):
+        be.reconcile([lease(2, v6=True), lease(5, v6=True, mac=MAC[4], public=public, public6=public6)])
+    assert list(be.peers) == [lease(2, v6=True).key]
+    for dev in ("flannel.1", "flannel-v6.1"):
+        assert len(programmed(k, dev)[1]) == 1
+    assert len(refusals(caplog)) == 1 and "refusing peer 10.244.5.0/24" in refusals(caplog)[0]
+
+
+def test_host_gw_never_routes_a_subnet_via_our_own_address(caplog):
+    k = FakeKernel()
+    be = hostgw(k)
+    with caplog.at_level(logging.WARNING, logger="cni_flannel.daemon.backends"):
+        be.reconcile([lease(2, btype="host-gw"), lease(5, btype="host-gw", public="198.18.0.1")])
+        be.handle([Event("added", lease(6, btype="host-gw", public="198.18.0.1"))])
+    assert [(r.dst, r.gw) for r in k.routes() if r.proto != 2] == [("10.244.2.0/24", "198.18.0.2")]
+    assert [m.split(":")[0] for m in refusals(caplog)] == ["refusing peer 10.244.5.0/24 (198.18.0.1)",
+                                                           "refusing peer 10.244.6.0/24 (198.18.0.1)"]

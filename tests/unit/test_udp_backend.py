@@ -42,6 +42,7 @@ def test_peers_upstream_form_and_ours_count_others_do_not():
     assert be._wanted(lease(2, "udp")) and be._wanted(lease(3, ""))
     assert not be._wanted(lease(4, "vxlan"))
     assert not be._wanted(lease(1, "udp"))  # our own lease in the watch
+    assert not be._wanted(lease(5, "udp", ip="198.18.0.1"))  # another subnet at our PublicIP
 
 
 def test_desired_is_one_route_and_the_table_has_every_peer():

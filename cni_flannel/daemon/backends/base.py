@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from cni_flannel.daemon.backends.apply import Scope, apply, read_state
 from cni_flannel.daemon.backends.plan import Plan, State, diff
@@ -56,6 +56,7 @@ class Backend:
         self.peers: Dict[str, Lease] = {}
         self.ext: Optional[Link] = None
         self.ext_cidrs: List[str] = []   # the external interface's address prefixes
+        self.local_ips: Set[str] = set()  # every address this node held at setup
         self.underlay_mtu = 0
 
     # --- the netlink handle (one per backend, in the caller's namespace) ------------
@@ -117,7 +118,9 @@ class Backend:
         """The external interface: named, or the one holding the node's public IP."""
         assert self.node is not None
         publics = [s.public_ip for s in self.node.sides() if s.public_ip]
-        addrs = [a for a in self.h.addresses() if a.scope == 0]
+        every = self.h.addresses()
+        self.local_ips = {str(ipaddress.ip_address(a.address)) for a in every}
+        addrs = [a for a in every if a.scope == 0]
         if self.ext_iface:
             self.ext = self.h.link(self.ext_iface)
         else:
@@ -130,12 +133,38 @@ class Backend:
         self.underlay_mtu = self.config.mtu or self.ext.mtu
 
     # --- peers -----------------------------------------------------------------------
+    def _accepts(self, backend_type: str) -> bool:
+        return backend_type == self.type
+
     def _wanted(self, lease: Lease) -> bool:
-        if lease.backend_type != self.type:
+        if not self._accepts(lease.backend_type):
             log.warning("ignoring peer %s: BackendType %r is not %r", lease.name,
                         lease.backend_type, self.type)
             return False
-        return not self._own(lease)  # our own lease, as the watch reports it too
+        if self._own(lease):
+            return False  # our own lease, as the watch reports it too
+        mine = self._ours(lease)
+        if mine:
+            # Another subnet at one of our addresses: a stale lease of this node's (a
+            # restart that took a new subnet) or a peer lying.  Its routes/FDB entries would
+            # send that subnet's traffic to ourselves (upstream only skips our own subnet).
+            log.warning("refusing peer %s: its public IP %s is this node's own address; "
+                        "nothing is programmed for it", lease.name, mine)
+            return False
+        return True
+
+    def _ours(self, lease: Lease) -> str:
+        """The first public IP of ``lease`` (any family) that is an address of this node, or ''."""
+        mine = set(self.local_ips)
+        if self.node is not None:
+            mine.update(s.public_ip for s in self.node.sides() if s.public_ip)
+        for side in lease.sides():
+            if not side.public_ip:
+                continue
+            ip = ipaddress.ip_address(side.public_ip)
+            if str(ip) in mine or ip.is_loopback or ip.is_unspecified:
+                return str(ip)
+        return ""
 
     def _own(self, lease: Lease) -> bool:
         own = {str(s.subnet) for s in self.node.sides()} if self.node else set()
@@ -154,6 +183,8 @@ class Backend:
             if ev.type == ADDED:
                 if self._wanted(ev.lease):
                     self.peers[ev.lease.key] = ev.lease
+                else:  # the key's new value is refused: what its old one made goes too
+                    self.peers.pop(ev.lease.key, None)
                 continue
             # A removal names the key only (etcd's DELETE has no value): drop what we knew by
             # that key; one we never saw added still removes what it describes, if anything.

@@ -222,12 +222,8 @@ class UdpBackend(Backend):
         super().close()
 
     # --- peers ---------------------------------------------------------------------------
-    def _wanted(self, lease: Lease) -> bool:
-        if lease.backend_type not in ACCEPTED_TYPES:
-            log.warning("ignoring peer %s: BackendType %r is not udp", lease.name, lease.backend_type)
-            return False
-        own = self.node.subnet if self.node else None
-        return own is None or lease.subnet != own  # our own lease, as the watch reports it too
+    def _accepts(self, backend_type: str) -> bool:
+        return backend_type in ACCEPTED_TYPES
 
     def scope(self) -> Scope:
         """flannel0's routes, and routes into the Network through the external interface: what a
