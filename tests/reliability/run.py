@@ -57,13 +57,15 @@ def fuzz(examples: int, exec_examples: int, plugin_examples: int = 0) -> List[Di
 def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, Any]:
     """Rounds of PODS crashed pods until `target` crashes were injected on one path (or, with
     `minutes`, until that time is up: the row then shows how many were reached)."""
-    from tests.conftest import start_agent
+    from tests.conftest import agent_requests, forbid_fallback, start_agent
 
     started = time.monotonic()
     with Lab() as lab:
         node = lab.add_node()
         node.install_plugins(reference_dir() if path == "go" else plugin_dir())
         agent = start_agent(node) if path == "agent" else None
+        if agent:  # the row must prove the agent did the work: no silent self-contained fallback
+            forbid_fallback(node)
         cl = CrashLab(node, kind="bridge" if path == "go" else "flannel", ours=path != "go",
                       agent_pid=agent.pid if agent else None, rng=random.Random(seed))
         number = 0
@@ -73,8 +75,12 @@ def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, 
             number += 1
         final = {k: len(v) for k, v in cl.leftovers().items() if v}  # what is left at the end
         reboot = cl.reboot_round(PODS) if path != "go" else None
+        served = agent_requests(node) if agent else []
     counts = cl.counts
-    return {"path": path, "crashes": counts["crashes"], "rounds": counts["rounds"],
+    refusals = [x for x in served if x.startswith("refused")]  # a caller killed before it sent, ...
+    agent_row = {"agent_served": len(served) - len(refusals), "agent_refused": len(refusals),
+                 "agent_refusals": sorted(set(refusals))[:5]} if path == "agent" else {}
+    return {"path": path, **agent_row, "crashes": counts["crashes"], "rounds": counts["rounds"],
             "rounds_with_leftovers": len(cl.leftover_rounds),
             "leftovers": sum(final.values()), "leftover_kinds": final,
             "failures": {k: v for k, v in counts.items() if k.startswith(("del_failure:", "gc_failure:", "add_failure:"))},
@@ -91,6 +97,8 @@ def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> 
     for r in crash_rows:
         name = {"self-contained": "ours, self-contained", "agent": "ours, agent hand-off",
                 "go": "Go (Debian), bridge chain, random-delay kills"}[r["path"]]
+        if r["path"] == "agent":
+            name += f" ({r.get('agent_served', '?')} requests served, {r.get('agent_refused', '?')} refused, fallback forbidden)"
         kinds = ", ".join(f"{k} {v}" for k, v in r["leftover_kinds"].items())
         lines.append(f"| {name} | {r['crashes']} | {r['rounds']} | {r['rounds_with_leftovers']} "
                      f"| {r['leftovers']}{f' ({kinds})' if kinds else ''} "
@@ -157,7 +165,9 @@ def main() -> int:
     (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
     (RESULTS / "latest.json").write_text(json.dumps({"crashes": crash_rows, "fuzz": fuzz_rows}, indent=1, default=str))
     ours = [r for r in crash_rows if r["path"] != "go"]
-    bad = (sum(r["rounds_with_leftovers"] + r["leftovers"] + r.get("hangs", 0) + r.get("add_failures", 0) + r["del_failures"] + r["gc_failures"] + r["tracebacks"] + (r["reboot_leftovers"] or 0)
+    # (a refused request fails the plugin, fallback forbidden: the failure counts are where it shows)
+    agent_unproven = sum(1 for r in ours if r["path"] == "agent" and not r.get("agent_served"))
+    bad = (agent_unproven + sum(r["rounds_with_leftovers"] + r["leftovers"] + r.get("hangs", 0) + r.get("add_failures", 0) + r["del_failures"] + r["gc_failures"] + r["tracebacks"] + (r["reboot_leftovers"] or 0)
                for r in ours)
            + sum(r.get("tracebacks", 0) + r.get("changed", 0) + r.get("leaks", 0) for r in fuzz_rows)
            + sum(1 for r in fuzz_rows if r.get("pytest_rc")))
