@@ -119,7 +119,7 @@ class Backend:
         assert self.node is not None
         publics = [s.public_ip for s in self.node.sides() if s.public_ip]
         every = self.h.addresses()
-        self.local_ips = {str(ipaddress.ip_address(a.address)) for a in every}
+        self.local_ips = {a.interface.ip.compressed for a in every}
         addrs = [a for a in every if a.scope == 0]
         if self.ext_iface:
             self.ext = self.h.link(self.ext_iface)
