@@ -43,6 +43,8 @@ PRELOAD = (
     "cni_flannel.plugins.portmap",
     "cni_flannel.plugins.loopback",
     "subprocess",
+    "select",
+    "threading",
     "logging",
     "ctypes",
 )
@@ -176,6 +178,7 @@ def handle(conn: socket.socket, accepted_at: float = 0.0, log_fd: int = -1) -> N
         return
     global _running
     _running = True  # from here on a failure must not make the caller run it a second time
+    answered = _die_with_caller(conn, plugin, env, log_fd)
     os.environ.clear()
     os.environ.update(env)
     from ..cni import skel
@@ -190,7 +193,34 @@ def handle(conn: socket.socket, accepted_at: float = 0.0, log_fd: int = -1) -> N
     # logged before answering: once the caller has its answer, the line is there to read
     _note(f"{plugin} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} exit {code} "
           f"({(started - accepted_at) * 1000:.1f} ms to start, {(done - started) * 1000:.1f} ms to run)", log_fd)
+    answered.set()  # the work is done: a caller leaving now costs nothing
     conn.sendall(reply)
+
+
+def _die_with_caller(conn: socket.socket, plugin: str, env: Dict[str, str], log_fd: int) -> Any:
+    """SIGKILL this worker as soon as its caller is gone; returns the event that ends the watch.
+
+    A runtime that times out kills the plugin (the hand-off client) and runs DEL; a worker that
+    went on would finish its ADD after that DEL and leave state behind (an IP file, chains).
+    Killing it here is what killing an exec'd plugin does.  Only POLLHUP/POLLERR count: a closed
+    unix stream peer gives POLLHUP, while a caller that merely shut its write side after sending
+    gives POLLRDHUP alone (our clients do not, but that caller still waits for the answer)."""
+    import select
+    import threading
+
+    answered = threading.Event()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLHUP | select.POLLERR)
+        while not answered.is_set():
+            if poller.poll(1000) and not answered.is_set():
+                _note(f"{plugin} {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} "
+                      "killed: the caller hung up", log_fd)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="caller-watch", daemon=True).start()
+    return answered
 
 
 #: --profile-dir: each worker's plugin run under cProfile, saved there (bench/chain/agent_profile.py)

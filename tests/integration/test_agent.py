@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from typing import Any, Dict
 
 import pytest
 
-from tests.conftest import AGENT_SOCKET, start_agent
+from tests.conftest import AGENT_SOCKET, agent_requests, start_agent
 from tests.harness.exec import run_plugin
 from tests.harness.netns import remove_netns
 from tests.harness.plugins import from_source
@@ -223,3 +224,49 @@ def test_agent_checks_the_callers_uid(node: Any, pod: Any) -> None:
     tries = 1 if from_source() else 2  # the static client, then the Python entry it falls back to
     assert agent_requests(node) == ["refused: caller uid 65534 may not use the agent"] * tries
     assert _held(node) == {}
+
+
+def _peer_pid(node: Any, client_pid: int) -> int:
+    """The process at the other end of ``client_pid``'s unix stream connection (ss -xp)."""
+    inodes = {os.readlink(f"/proc/{client_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{client_pid}/fd")}
+    mine = [int(i[len("socket:["):-1]) for i in inodes if i.startswith("socket:[")]
+    assert mine, f"client {client_pid} has no socket"
+    for line in node.run(["ss", "-xpH"]).stdout.splitlines():
+        for inode in mine:
+            found = re.search(rf"\s\*\s+{inode}\s.*pid=(\d+)", line)
+            if found and int(found.group(1)) != client_pid:
+                return int(found.group(1))
+    raise AssertionError(f"no peer of client {client_pid}'s sockets {mine}")
+
+
+def test_worker_dies_with_a_killed_caller(node: Any, pod: Any) -> None:
+    """A runtime that times out SIGKILLs the plugin and runs DEL: the worker must stop too, as an
+    exec'd plugin would, instead of finishing its ADD afterwards and leaving state behind."""
+    agent = start_agent(node, stderr=subprocess.DEVNULL)
+    p = pod()
+    conf = {"cniVersion": "1.0.0", "name": "slow", "type": "bridge", "bridge": "cni8",
+            "ipam": {"type": "host-local", "subnet": "10.244.8.0/24"}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "k", "CNI_NETNS": p.path, "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           "CNI_FLANNEL_DELAY_AT": "bridge.veth:4"}  # the IP is reserved after this step
+    client = node.popen(["/opt/cni/bin/bridge"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, env=env)
+    client.stdin.write(json.dumps(conf).encode())
+    client.stdin.close()
+    deadline = time.monotonic() + 10
+    while node.run(["nsenter", f"--net={p.path}", "ip", "link", "show", "eth0"], check=False).returncode:
+        assert client.poll() is None and time.monotonic() < deadline, "the ADD never reached its veth"
+        time.sleep(0.05)
+    worker = _peer_pid(node, client.pid)
+    assert worker != agent.pid
+    client.kill()
+    killed_at = time.monotonic()
+    while os.path.exists(f"/proc/{worker}"):
+        assert time.monotonic() - killed_at < 2, "the worker outlived its killed caller"
+        time.sleep(0.05)
+    time.sleep(max(0.0, killed_at + 5 - time.monotonic()))  # well past the delay
+    held = "/var/lib/cni/networks/slow"
+    names = node.run(["ls", "-A", held]).stdout.split() if node.exists(held) else []
+    assert not [n for n in names if n.startswith("10.")], names  # the step after the delay never ran
+    assert "bridge ADD k killed: the caller hung up" in agent_requests(node)
+    assert agent.poll() is None
