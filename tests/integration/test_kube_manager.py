@@ -382,6 +382,7 @@ def test_a_burst_of_changes_reaches_the_main_loop_in_few_batches(api, conf_file)
             batches += 1
             removed += [str(ev.lease.subnet) for ev in batch if ev.type == REMOVED]
         assert removed == [f"10.244.{i // 2}.{128 * (i % 2)}/25" for i in range(300)]
-        assert batches <= 30, batches
+        # 300 deletions: broken batching gives ~300 batches; 31 were seen on a loaded machine.
+        assert batches <= 60, batches
     finally:
         w.close()
