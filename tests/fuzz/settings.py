@@ -14,7 +14,7 @@ REPORT = os.environ.get("CNI_FUZZ_REPORT", "")
 
 
 def fuzz_settings(examples: int = EXAMPLES) -> settings:
-    return settings(max_examples=examples, deadline=None, database=None, derandomize=False,
+    return settings(max_examples=examples, deadline=None, database=None, derandomize=os.environ.get("CNI_FUZZ_RANDOM") != "1",
                     suppress_health_check=list(HealthCheck))
 
 
