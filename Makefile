@@ -121,7 +121,7 @@ demo: deps binaries drivers
 # Fuzzing, crash injection, reboot + GC at full size, ours beside Debian's Go plugins (~40 min);
 # one table, saved in reliability/results/latest.md.
 reliability: binaries drivers
-	$(PY) -m tests.reliability.run
+	CNI_FUZZ_RANDOM=1 $(PY) -m tests.reliability.run
 
 bench: binaries drivers
 	@if [[ -f bench/run.sh ]]; then bash bench/run.sh; \
