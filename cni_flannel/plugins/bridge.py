@@ -9,7 +9,8 @@ ADD     validate everything first (config, CNI_IFNAME free in the pod, the
         masquerade rules, wait for the port to come up; with macspoofchk,
         nftables rules dropping the pod's frames with another source MAC
         (bridge_spoofchk) right after the veth.  Any failure undoes
-        every change made so far, in reverse (veth, IPAM, rules).
+        every change made so far, in reverse (rules, IPAM, veth, and the
+        bridge if this ADD made it and no other pod joined it meanwhile).
         Result: interfaces [bridge, host veth, container], ips -> interface 2.
 DEL     remove CNI_IFNAME from the pod (if the netns is still there), release
         IPAM, remove the spoof-check and masquerade rules by chain name/comment; all of it
@@ -66,7 +67,7 @@ def add(req: Request) -> Result:
             raise InvalidConfig(f"container veth name provided ({req.ifname}) already exists",
                                 f"{req.netns} already has {req.ifname}; pick another CNI_IFNAME")
         try:
-            br = bl.ensure_bridge(node, conf)
+            br = bl.ensure_bridge(node, conf, undo)
             host, cont = bl.setup_veth(node, pod, conf, req.netns, req.ifname, br, undo)
             crashpoint.reached("bridge.veth")
             if conf.macspoofchk:

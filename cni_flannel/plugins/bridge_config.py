@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cni_flannel.cni.config import NetConf
 from cni_flannel.cni.errors import InvalidConfig, UnsupportedField
-from cni_flannel.cni.names import interface_name_problem
+from cni_flannel.cni.names import printable_name_problem
 
 DEFAULT_BRIDGE = "cni0"
 MIN_MTU, MAX_MTU = 68, 65535
@@ -150,9 +150,10 @@ def parse(conf: NetConf, cni_args: Optional[Dict[str, str]] = None) -> BridgeCon
         bridge = DEFAULT_BRIDGE
     if not isinstance(bridge, str):
         raise _bad(f"bridge name must be a string, not {bridge!r}", 'e.g. "bridge": "cni0"')
-    problem = interface_name_problem(bridge)
+    problem = printable_name_problem(bridge)
     if problem:
-        raise _bad(f"invalid bridge name {bridge!r}: {problem}", "use at most 15 characters, no '/', ':' or spaces")
+        raise _bad(f"invalid bridge name {bridge!r}: {problem}",
+                   "use at most 15 bytes of printable characters, no '/', ':' or spaces")
 
     flags = {key: _bool(raw, key, default=(key == "preserveDefaultVlan")) for key in _BOOLS}
     mtu = _int(raw, "mtu")

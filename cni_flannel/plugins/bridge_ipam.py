@@ -12,13 +12,18 @@ IN_PROCESS = "host-local"
 
 
 def validate(conf: BridgeConfig, req: Request) -> None:
-    """Refuse a bad in-process host-local section before ADD changes anything."""
-    if conf.ipam_type == IN_PROCESS:
-        from cni_flannel.ipam.config import parse_ipam
+    """Refuse a bad in-process host-local section, or an exec'd IPAM plugin missing from
+    CNI_PATH, before ADD changes anything."""
+    if conf.ipam_type != IN_PROCESS:
+        from cni_flannel.cni.delegate import find_plugin
 
-        c = req.config
-        parse_ipam(conf.ipam, conf.network, c.cni_version, cni_args=req.args,
-                   runtime_config=c.runtime_config, conf_args=c.args)
+        find_plugin(conf.ipam_type, req.path)
+        return
+    from cni_flannel.ipam.config import parse_ipam
+
+    c = req.config
+    parse_ipam(conf.ipam, conf.network, c.cni_version, cni_args=req.args,
+               runtime_config=c.runtime_config, conf_args=c.args)
 
 
 def allocate(conf: BridgeConfig, req: Request) -> Result:

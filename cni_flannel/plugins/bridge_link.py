@@ -34,12 +34,16 @@ def bridge_if_usable(node: Handle, conf: BridgeConfig) -> Optional[Link]:
     return link
 
 
-def ensure_bridge(node: Handle, conf: BridgeConfig) -> Link:
+def ensure_bridge(node: Handle, conf: BridgeConfig, undo: Optional[Undo] = None) -> Link:
+    """The bridge, made and configured; a bridge this call made is reported to ``undo``."""
     br = bridge_if_usable(node, conf)
     if br is None:
         try:
-            node.add_bridge(conf.bridge, mtu=conf.mtu,
-                            vlan_filtering=True if conf.vlan_filtering else None)
+            made = node.add_bridge(conf.bridge, mtu=conf.mtu,
+                                   vlan_filtering=True if conf.vlan_filtering else None)
+            if undo is not None:
+                undo(f"delete bridge {conf.bridge!r} made by this ADD",
+                     lambda: delete_bridge_if_unused(node, made.index))
         except Exists:
             pass  # a concurrent ADD created it first
         br = bridge_if_usable(node, conf)
@@ -58,6 +62,21 @@ def ensure_bridge(node: Handle, conf: BridgeConfig) -> Link:
     if not br.up:
         node.set_up(br.index)
     return node.link(br.index)
+
+
+def bridge_unused(bridge_index: int, links: List[Link]) -> bool:
+    """No link is a port of the bridge (a concurrent ADD may have joined the one we made)."""
+    return not any(l.master == bridge_index for l in links)
+
+
+def delete_bridge_if_unused(node: Handle, index: int) -> None:
+    """Rollback of a bridge ADD made: delete it (its addresses go with it) unless another
+    ADD attached a port meanwhile; then it is that pod's bridge too and stays."""
+    if bridge_unused(index, node.links()):
+        try:
+            node.delete_link(index)
+        except NotFound:
+            pass
 
 
 def host_veth_name() -> str:

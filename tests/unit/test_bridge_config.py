@@ -46,6 +46,14 @@ BAD = [
     ({"bridge": "br 0"}, "invalid bridge name"),
     ({"bridge": ".."}, "invalid bridge name"),
     ({"bridge": 7}, "bridge name must be a string"),
+    # the fuzzer's name: 6 characters, 11 bytes, three C1 controls (the kernel takes it, ip shows "뤫,v")
+    ({"bridge": "\u0083\u0094\ub92b,\u0093v"}, "unprintable character '\\x83'"),
+    ({"bridge": "br\u200b0"}, "unprintable character"),      # zero-width space (format char)
+    ({"bridge": "br\x7f"}, "unprintable character"),
+    ({"bridge": "\u00e9" * 8}, "too long (16 > 15 bytes)"),   # 8 characters, 16 bytes
+    ({"bridge": "br\u0120"}, "invalid character"),             # U+0120 is C4 A0: the kernel's 0xa0 space
+    ({"bridge": "br\u00a0"}, "invalid character"),
+    ({"bridge": "br\ud800"}, "lone surrogate"),
     ({"isGateway": "yes"}, "'isGateway' must be true or false"),
     ({"ipMasq": 1}, "'ipMasq' must be true or false"),
     ({"hairpinMode": "true"}, "'hairpinMode' must be true or false"),
@@ -127,3 +135,18 @@ def test_no_gateway_without_is_gateway_and_existing_default_kept():
     alloc = Result(ips=[IPConfig("10.244.1.5/24")], routes=[Route("0.0.0.0/0", gw="10.244.1.254")])
     res, _ = gateways(alloc, conf)
     assert [(r.dst, r.gw) for r in res.routes] == [("0.0.0.0/0", "10.244.1.254")]
+
+
+@pytest.mark.parametrize("name", ["cni0", "\ub92b,v", "\u00e9" * 7, "br-x.100"])
+def test_printable_bridge_names_the_kernel_takes_are_accepted(name):
+    assert parse(netconf(bridge=name)).bridge == name
+
+
+def test_rollback_keeps_a_bridge_another_pod_joined():
+    """The bridge an ADD made is deleted on rollback only while no link is its port."""
+    from cni_flannel.net.types import Link
+    from cni_flannel.plugins.bridge_link import bridge_unused
+
+    br = Link(index=5, name="cni0", kind="bridge")
+    assert bridge_unused(5, [br, Link(index=6, name="veth0", kind="veth")])
+    assert not bridge_unused(5, [br, Link(index=6, name="veth0", kind="veth", master=5)])

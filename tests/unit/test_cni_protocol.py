@@ -63,12 +63,13 @@ def test_malformed_pairs_are_rejected(raw: str) -> None:
 # -- names --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["eth0", "a", "x" * 15, "net1.100"])
+@pytest.mark.parametrize("name", ["eth0", "a", "x" * 15, "net1.100", "\u00e9" * 7])
 def test_good_ifnames(name: str) -> None:
     assert interface_name_problem(name) == ""
 
 
-@pytest.mark.parametrize("name", ["", "x" * 16, ".", "..", "a/b", "a:b", "a b", "a\tb"])
+@pytest.mark.parametrize("name", ["", "x" * 16, ".", "..", "a/b", "a:b", "a b", "a\tb",
+                                  "\u00e9" * 8, "a\u00a0", "a\u0120", "a\ud800"])
 def test_bad_ifnames(name: str) -> None:
     assert interface_name_problem(name) != ""
 
