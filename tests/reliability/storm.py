@@ -21,6 +21,7 @@ nftables backend, so "go" runs on the two iptables backends only).
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -299,3 +300,48 @@ def bad(row: Dict[str, Any]) -> int:
     unproven = row["impl"] == "agent" and (not row.get("agent_served") or row.get("agent_refused"))
     masq = row["masq"]["errors"] + row["masq"]["found_missing"] + row["kube_proxy"]["errors"]
     return sum(row[k] for k in keys) + masq + int(bool(unproven)) + int(row["rounds"] < 1)
+
+
+ROWS = [(impl, backend) for backend in sn.BACKENDS for impl in IMPLEMENTATIONS
+        if not (impl == "go" and backend == "nftables")]
+NAMES = {"ours": "ours, self-contained", "agent": "ours, agent hand-off (fallback forbidden)",
+         "go": "Go (Debian 1.1.1), bridge + host-local + portmap"}
+
+
+def run_rows(results: Any, rounds: int, pods: int, seed: int, minutes: float = 0,
+             impls: Optional[List[str]] = None, backends: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    """The storm part of `make reliability`: each (implementation, backend) row, saved as soon as it
+    ends in results/storm-<impl>-<backend>.json (so a long run stopped midway keeps its rows)."""
+    rows = []
+    for n, (impl, backend) in enumerate(ROWS):
+        if (impls and impl not in impls) or (backends and backend not in backends):
+            continue
+        row = storm(impl, backend, rounds, pods, seed + n, minutes=minutes)
+        row["load"] = [round(x, 1) for x in os.getloadavg()]
+        (results / f"storm-{impl}-{backend}.json").write_text(json.dumps(row, indent=1, default=str))
+        print(f"storm {impl} {backend}: {row['rounds']} rounds, {bad(row)} bad, {row['seconds']} s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def table(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| storm (libcni + go-cni, hostPort each) | backend | rounds × pods | ADD / DEL | duplicate IPs "
+             "| lost hostPorts | IPAM/veth/backend mismatches | leftovers (rounds / end) | ADD/DEL failures "
+             "| masq clobbered / kube-proxy errors | s per round (median) | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        secs = sorted(r["round_seconds"])
+        median = secs[len(secs) // 2] if secs else "—"
+        name = NAMES[r["impl"]]
+        if r["impl"] == "agent":
+            name += f", {r.get('agent_served', 0)} served / {r.get('agent_refused', 0)} refused"
+        short = f" (asked {r['rounds_asked']})" if r["rounds"] < r["rounds_asked"] else ""
+        stuck = f", {r['stuck_agent_workers']} stuck workers" if r.get("stuck_agent_workers") else ""
+        lines.append(
+            f"| {name} | {r['backend']} | {r['rounds']}{short} × {r['pods']} | {r['adds']} / {r['dels']} "
+            f"| {r['duplicates'] + r['no_address'] + r['result_mismatch']} | {r['lost_hostports']} "
+            f"| {r['ipam_mismatch']} / {r['veth_mismatch']} / {r['not_in_backend']} "
+            f"| {r['round_leftovers']} / {r['end_leftovers']}{stuck} | {r['add_failures']} / {r['del_failures']} "
+            f"| {r['masq']['found_missing'] + r['masq']['errors']} / {r['kube_proxy']['errors']} "
+            f"| {median} | {r.get('load', ['—'])[0]} |")
+    return "\n".join(lines)
