@@ -27,10 +27,12 @@ def test_storm_agent() -> None:
     assert row["agent_served"] >= 4 * PODS, row  # flannel + portmap per ADD/DEL went through the agent
 
 
-@pytest.mark.parametrize("fault,counter", [("skip-portmap", "lost_hostports"), ("skip-del", "end_leftovers")])
+@pytest.mark.parametrize("fault,counter", [("skip-portmap", "lost_hostports"), ("skip-del", "end_leftovers"),
+                                           ("portmap-backend", "not_in_backend")])
 def test_storm_catches_a_fault(fault: str, counter: str) -> None:
-    """A check that cannot observe a failure is a defect: a pod without its hostPort mapping, and a
-    pod whose DEL never came, must show up in the counts."""
+    """A check that cannot observe a failure is a defect: a pod without its hostPort mapping, a pod
+    whose DEL never came, and hostPorts written to another backend than the row names (portmap left
+    on its default on the nftables row) must show up in the counts."""
     row = storm("agent", "nftables", rounds=1, pods=4, seed=1, break_=fault)
     assert row[counter] >= 1, row
     assert bad(row) > 0, row

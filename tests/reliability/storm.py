@@ -38,14 +38,14 @@ NET = "cbr0"
 SUBNET_ENV = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
 HOST_PORT_BASE = 20000
 IMPLEMENTATIONS = ("ours", "agent", "go")
-BREAKS = ("skip-portmap", "skip-del")  # deliberate faults: the storm must count them
+BREAKS = ("skip-portmap", "skip-del", "portmap-backend")  # deliberate faults: the storm must count them
 
 
-def conflist(impl: str, backend: str) -> Dict[str, Any]:
+def conflist(impl: str, backend: str, break_: Optional[str] = None) -> Dict[str, Any]:
     """The seed's flannel + portmap conflist (ours), or the bridge conf flannel delegates, written out
     for Debian's Go plugins.  nftables: portmap's "backend" (flanneld's side is EnableNFTables)."""
     portmap: Dict[str, Any] = {"type": "portmap", "capabilities": {"portMappings": True}}
-    if backend == "nftables":
+    if backend == "nftables" and break_ != "portmap-backend":  # the fault: portmap on its default backend
         portmap["backend"] = "nftables"
     if impl == "go":
         first: Dict[str, Any] = {
@@ -86,7 +86,7 @@ class StormLab:
         self.servers = sn.PodServers()
         sn.select_backend(node, backend)
         node.write_file("/run/flannel/subnet.env", SUBNET_ENV)
-        node.write_file(f"/etc/cni/net.d/10-{NET}.conflist", json.dumps(conflist(impl, backend), indent=1))
+        node.write_file(f"/etc/cni/net.d/10-{NET}.conflist", json.dumps(conflist(impl, backend, break_), indent=1))
         self.masq = sn.MasqResync(node, nftables=backend == "nftables")
         self.kube_proxy = sn.KubeProxy(node, backend)
         # a first pod up and down, so the chains portmap keeps for good exist in the baseline
