@@ -98,7 +98,13 @@ def test_udp_tcp_transfer_arrives_intact(make_node, mode):
     size = int(os.environ.get("UDP_TRANSFER_MB", "32")) << 20  # make reliability: 200
     transfer(p1, p2, ips2[0], size)
     transfer(p2, p1, c.members[0].pods[0][1][0], 4 << 20, port=5002)  # and the other way
-    assert counters(c.members[0])["tun_to_udp"]["bytes"] > size
+    sender, receiver = counters(c.members[0]), counters(c.members[1])
+    assert sender["tun_to_udp"]["bytes"] > size
+    if mode == "offload":  # the batch paths carried the stream, not a silent per-packet fallback
+        assert sender["tun_to_udp"]["batched"] > sender["tun_to_udp"]["packets"] // 2, sender
+        assert receiver["udp_to_tun"]["batched"] > receiver["udp_to_tun"]["packets"] // 2, receiver
+    else:
+        assert sender["tun_to_udp"]["batched"] == receiver["udp_to_tun"]["batched"] == 0
 
 
 def test_udp_flannel0_deleted_is_recreated_and_a_restart_resumes(make_node):

@@ -65,7 +65,7 @@ def set_subnet_env(node: Node, n: int) -> None:
 def mode_of(member: Any) -> str:
     """Which path the node's forwarder took, from its log line."""
     text = member.proc.log()
-    return "offload" if "offloads: TSO from flannel0" in text else "plain" if "plain path" in text else "?"
+    return "offload" if "offloads: UDP GSO/GRO" in text else "plain" if "plain path" in text else "?"
 
 
 def counters(member: Any) -> Dict[str, Any]:

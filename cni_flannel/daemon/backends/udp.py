@@ -35,9 +35,9 @@ from cni_flannel.daemon.backends.plan import RouteEntry, State
 from cni_flannel.daemon.errors import BackendError
 from cni_flannel.daemon.lease import Lease, LeaseAttrs
 from cni_flannel.daemon.udp import counters
-from cni_flannel.daemon.udp.fastpath import OffloadForwarder, probe_socket
+from cni_flannel.daemon.udp.fastpath import TUN_OFFLOADS, OffloadForwarder, probe_socket
 from cni_flannel.daemon.udp.forwarder import Forwarder, close_fd
-from cni_flannel.daemon.udp.offload import SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, UDP_GRO
+from cni_flannel.daemon.udp.offload import SOL_UDP, UDP_GRO
 from cni_flannel.daemon.udp.routes import PeerTable
 from cni_flannel.net.errors import NetFailure
 from cni_flannel.net.tun import open_tun
@@ -117,7 +117,7 @@ class UdpBackend(Backend):
         self.forwarder.start()
         counters.register(lambda: self.forwarder.counters if self.forwarder else None)
         log.info("udp: flannel0 up (%s, MTU %d), listening on %s:%d; %s", self.address, self.mtu,
-                 side.public_ip, self.port, "offloads: TSO from flannel0, UDP GSO/GRO" if self.offload
+                 side.public_ip, self.port, "offloads: UDP GSO/GRO, TSO writes to flannel0" if self.offload
                  else f"plain path (offloads {why_not or 'unavailable'})")
         return {"BackendType": ""}  # upstream's udp writes PublicIP only
 
@@ -169,7 +169,7 @@ class UdpBackend(Backend):
     def _open_tun_once(self) -> int:
         if self.offload:
             try:
-                return open_tun(DEVICE, vnet_hdr=True, offload=TUN_F_CSUM | TUN_F_TSO4)
+                return open_tun(DEVICE, vnet_hdr=True, offload=TUN_OFFLOADS)
             except NetFailure as exc:
                 if self.forwarder is not None or self.h.find_link(DEVICE) is not None:
                     raise  # running loops expect virtio headers; an existing link: replace it

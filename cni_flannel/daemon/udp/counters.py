@@ -28,11 +28,13 @@ class Direction:
         self.packets = 0
         self.bytes = 0
         self.wakeups = 0
+        self.batched = 0        # packets moved in a batch of several (one GSO send, one TSO write)
         self.cpu_seconds = 0.0  # the thread's CPU time so far (time.thread_time)
         self.drops: Dict[str, int] = {}
 
-    def add(self, packets: int, nbytes: int, drops: Dict[str, int], cpu: float = 0.0) -> None:
+    def add(self, packets: int, nbytes: int, drops: Dict[str, int], cpu: float = 0.0, batched: int = 0) -> None:
         self.packets += packets
+        self.batched += batched
         self.bytes += nbytes
         self.wakeups += 1
         self.cpu_seconds = cpu
@@ -44,6 +46,7 @@ class Direction:
         out: List[Sample] = [("flannel_udp_packets_total", d, self.packets),
                              ("flannel_udp_bytes_total", d, self.bytes),
                              ("flannel_udp_wakeups_total", d, self.wakeups),
+                             ("flannel_udp_batched_packets_total", d, self.batched),
                              ("flannel_udp_cpu_seconds_total", d, self.cpu_seconds)]
         out += [("flannel_udp_drops_total", {**d, "reason": r}, n) for r, n in sorted(self.drops.items())]
         return out
@@ -62,7 +65,7 @@ class Counters:
         return self.tun_to_udp.export() + self.udp_to_tun.export()
 
     def as_dict(self) -> Dict[str, Dict[str, object]]:
-        return {d.name: {"packets": d.packets, "bytes": d.bytes, "wakeups": d.wakeups,
+        return {d.name: {"packets": d.packets, "bytes": d.bytes, "wakeups": d.wakeups, "batched": d.batched,
                          "cpu_seconds": round(d.cpu_seconds, 3), "drops": dict(d.drops)} for d in (self.tun_to_udp, self.udp_to_tun)}
 
     def summary(self) -> str:
@@ -72,6 +75,7 @@ class Counters:
 HELP = {"flannel_udp_packets_total": "Packets the udp backend forwarded",
         "flannel_udp_bytes_total": "Bytes (inner IP packets) the udp backend forwarded",
         "flannel_udp_wakeups_total": "Times a forwarding thread woke up (packets per wakeup = batching)",
+        "flannel_udp_batched_packets_total": "Packets moved several at a time (one UDP GSO send, one TSO write to flannel0)",
         "flannel_udp_cpu_seconds_total": "CPU time of a forwarding thread",
         "flannel_udp_drops_total": "Packets the udp backend dropped, by reason"}
 

@@ -1,8 +1,16 @@
-"""The offload variant of the forwarder's two loops (see offload.py for the why).
+"""The offload variant of the forwarder's two loops: work per batch, not per packet.
 
-    flannel0 (IFF_VNET_HDR, TUN_F_CSUM|TUN_F_TSO4) --read: one TCP super-packet-->
-        segment_tcp4 --> one sendmsg(UDP_SEGMENT=packet size) --> N datagrams on the wire
-    socket (UDP_GRO) --recvmsg: a run of same-size datagrams--> gro_split --> N writes
+    flannel0 --read: one wire-ready packet each (the kernel segmented and checksummed)-->
+        packets for one peer laid end to end in one buffer --> one sendmsg(UDP_SEGMENT)
+    socket (UDP_GRO) --recvmsg: up to 64 KB of same-size datagrams--> gro.tcp_runs -->
+        one TSO write (virtio_net_hdr GSO_TCPV4) per run of one TCP flow's segments
+
+Why the sender does not take TSO super-packets from flannel0 (TUN_F_TSO4): cutting them
+in Python needs a checksum per segment over its payload, ~4.5 µs per 1.4 KB segment even
+with int.from_bytes, more than all the rest of the loop; the kernel does it while copying.
+flannel0 therefore has IFF_VNET_HDR (so GSO packets can be *written*) but no offloads, and
+each read returns one finished packet straight into the send buffer; per packet there is
+one readv, a destination compare and the TTL.  Measured numbers: bench/udp/README.md.
 
 Everything else (validation, peer table, TTL, unreachable, counters) is the plain loops'.
 """
@@ -14,21 +22,22 @@ import os
 import socket
 import struct
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed, inbound_drop
+from cni_flannel.daemon.udp.gro import run_iov, tcp_runs, tso_header
 from cni_flannel.daemon.udp.offload import (SOL_UDP, UDP_GRO, UDP_SEGMENT, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                                            VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, complete_csum,
-                                            merge_tcp4, segment_tcp4)
-from cni_flannel.daemon.udp.packet import BAD_HEADER, SHORT, TTL_EXPIRED, decrement_ttl
-from cni_flannel.daemon.udp.routes import PeerTable
+                                            VNET_HDR_LEN, complete_csum)
+from cni_flannel.daemon.udp.packet import BAD_HEADER, TTL_EXPIRED, decrement_ttl
+from cni_flannel.daemon.udp.routes import Addr, PeerTable
 
-ZERO_VNET = bytes(VNET_HDR_LEN)  # what we write before each packet: no GSO, no checksum to do
-OUTSIZE = 64 * 128 + BUFSIZE     # 64 packets' headers (≤ 120 bytes each) + the payload
+ZERO_VNET = bytes(VNET_HDR_LEN)  # what we write before a lone packet: no GSO, no checksum to do
+TUN_OFFLOADS = 0                 # TUNSETOFFLOAD for flannel0: finished packets (see above)
 _VNET = struct.Struct("<BBHHHH")
 _SEG = struct.Struct("=H")
 MAX_UDP_PAYLOAD = 65507  # one sendmsg's limit, segments included
+MAX_SEGMENTS = 64        # the kernel's UDP_MAX_SEGMENTS is 64 (older) or 128
 
 
 class OffloadForwarder(Forwarder):
@@ -41,61 +50,74 @@ class OffloadForwarder(Forwarder):
             pass
 
     def _tun_to_udp(self) -> None:
-        buf = bytearray(VNET_HDR_LEN + BUFSIZE)
-        mv = memoryview(buf)
-        pkt = mv[VNET_HDR_LEN:]
-        out = bytearray(OUTSIZE)
+        out = bytearray(2 * BUFSIZE)  # a batch (< 64 KB) plus one packet read past its end
         omv = memoryview(out)
-        bufs = [buf]
+        vh = bytearray(VNET_HDR_LEN)
         readv, sendto, sendmsg, route = os.readv, self.sock.sendto, self.sock.sendmsg, self._route
-        unpack = _VNET.unpack_from
         pack_seg = _SEG.pack
+        full = MAX_UDP_PAYLOAD - self.mtu  # past this the next packet might not fit the batch
 
-        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
-            packets = nbytes = 0
+        def send(end: int, seg: int, count: int, addr: Addr, drops: Dict[str, int], moved: List[int]) -> None:
+            """Send the batch out[:end] (``count`` packets of ``seg`` bytes, the last may be
+            shorter) as one datagram each; ``moved``: packets, bytes, packets sent in batches."""
+            try:
+                if count == 1:
+                    sendto(omv[:end], addr)
+                else:
+                    sendmsg([omv[:end]], [(SOL_UDP, UDP_SEGMENT, pack_seg(seg))], 0, addr)
+                    moved[2] += count
+            except OSError:  # e.g. EHOSTUNREACH, ENETUNREACH: the peer's problem, not ours
+                drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + count
+                return
+            moved[0] += count
+            moved[1] += end
+
+        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> List[int]:
+            moved = [0, 0, 0]
+            pos = seg = count = 0        # the batch: out[:pos], ``count`` packets for ``addr``
+            dst = b""
+            addr: Optional[Addr] = None
             while True:
                 try:
-                    n = readv(fd, bufs) - VNET_HDR_LEN
+                    n = readv(fd, [vh, omv[pos:pos + BUFSIZE]]) - VNET_HDR_LEN
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     _read_failed(exc, drops)
                     break
-                addr = route(pkt, n, fd, table, drops)
-                if addr is None:
-                    continue
-                flags, gso_type, _, gso_size, cstart, coff = unpack(buf, 0)
-                try:
-                    if gso_type == VIRTIO_NET_HDR_GSO_TCPV4:
-                        seg, total = segment_tcp4(pkt, n, gso_size, out)
-                        if not total:
-                            why = TTL_EXPIRED if pkt[8] <= 1 else BAD_HEADER
-                            drops[why] = drops.get(why, 0) + 1
-                            continue
-                        if seg >= total:
-                            sendto(omv[:total], addr)
-                            packets += 1
-                        else:  # at most 64 KB per datagram "train": more packets, more sends
-                            cmsg = [(SOL_UDP, UDP_SEGMENT, pack_seg(seg))]
-                            chunk = MAX_UDP_PAYLOAD // seg * seg
-                            for start in range(0, total, chunk):
-                                sendmsg([omv[start:min(start + chunk, total)]], cmsg, 0, addr)
-                            packets += (total + seg - 1) // seg
-                        nbytes += total
+                here = out[pos + 16:pos + 20] if n >= 20 and out[pos] >> 4 == 4 else b""
+                if count and (here != dst or n > seg):  # another peer, or no longer one train
+                    send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
+                    omv[:n] = omv[pos:pos + n]
+                    pos = count = 0
+                if not count:
+                    addr = route(omv, n, fd, table, drops)
+                    if addr is None:
                         continue
-                    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and not complete_csum(pkt, n, cstart, coff):
+                    dst, seg = here, n
+                if vh[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM or vh[1]:  # only if offloads were turned on
+                    _, _, _, _, cstart, coff = _VNET.unpack_from(vh, 0)
+                    if vh[1] or not complete_csum(omv[pos:pos + n], n, cstart, coff):
                         drops[BAD_HEADER] = drops.get(BAD_HEADER, 0) + 1
                         continue
-                    if not decrement_ttl(pkt):
-                        drops[TTL_EXPIRED] = drops.get(TTL_EXPIRED, 0) + 1
-                        continue
-                    sendto(pkt[:n], addr)
-                except OSError:
-                    drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+                ttl = out[pos + 8]
+                if ttl <= 1:
+                    drops[TTL_EXPIRED] = drops.get(TTL_EXPIRED, 0) + 1
                     continue
-                packets += 1
-                nbytes += n
-            return packets, nbytes
+                # TTL - 1 with the header checksum fixed incrementally (packet.decrement_ttl)
+                out[pos + 8] = ttl - 1
+                s = ((out[pos + 10] << 8 | out[pos + 11]) ^ 0xFFFF) + 0xFEFF
+                s = ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF
+                out[pos + 10] = s >> 8
+                out[pos + 11] = s & 0xFF
+                pos += n
+                count += 1
+                if n < seg or count >= MAX_SEGMENTS or pos > full:
+                    send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
+                    pos = count = 0
+            if count:
+                send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
+            return moved
 
         self._pump(self._tun_wakeups(), self.counters.tun_to_udp, drain)
 
@@ -104,64 +126,64 @@ class OffloadForwarder(Forwarder):
         mv = memoryview(buf)
         bufs = [buf]
         recvmsg = self.sock.recvmsg_into
-        writev, write = os.writev, os.write
-        out = bytearray(OUTSIZE)
-        omv = memoryview(out)
-        valid: List[Tuple[int, int]] = []
+        writev = os.writev
         cmsg_space = socket.CMSG_SPACE(4)
         dontwait = socket.MSG_DONTWAIT
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
 
-        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
-            packets = nbytes = 0
+        def write(fd: int, off: int, size: int, count: int, n: int, step: int, drops: Dict[str, int]) -> int:
+            """Write ``count`` datagrams from mv[off:] (``size`` bytes the first) to flannel0:
+            one packet as it is, a run as one TSO packet; the packets written."""
+            why = inbound_drop(mv[off:off + size], size, own_net, own_mask, mtu)
+            if why is not None:  # a run's segments repeat the first one's header
+                drops[why] = drops.get(why, 0) + count
+                return 0
+            try:
+                if count == 1:
+                    one = mv[off:off + size]
+                    decrement_ttl(one)  # cannot fail: inbound_drop checked the TTL
+                    writev(fd, [ZERO_VNET, one])
+                else:
+                    first = off // step
+                    iov = run_iov(mv, n, step, first, count)
+                    last = (first + count - 1) * step
+                    payload = min(n, last + step) - off - count * (20 + (mv[off + 32] >> 4) * 4)
+                    writev(fd, [tso_header(mv, off, payload, mv[last + 33])] + iov)
+            except OSError:
+                drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + count
+                return 0
+            return count
+
+        def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int, int]:
+            packets = nbytes = batched = 0
             sources = table.sources
             while True:
                 try:
                     n, anc, _, src = recvmsg(bufs, cmsg_space, dontwait)
                 except BlockingIOError:
                     break
-                except OSError:
+                except OSError:  # ICMP port unreachable from a peer reported on this socket
                     drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+                    continue
+                if src[0] not in sources:
+                    drops[C.UNKNOWN_SOURCE] = drops.get(C.UNKNOWN_SOURCE, 0) + 1
                     continue
                 gso = 0
                 for level, kind, data in anc:
                     if level == SOL_UDP and kind == UDP_GRO:
                         gso = int.from_bytes(data, sys.byteorder)
-                if src[0] not in sources:
-                    drops[C.UNKNOWN_SOURCE] = drops.get(C.UNKNOWN_SOURCE, 0) + 1
+                if not 0 < gso < n:
+                    moved = write(fd, 0, n, 1, n, n or 1, drops)
+                    packets += moved
+                    nbytes += n if moved else 0
                     continue
-                if n < 20:
-                    drops[SHORT] = drops.get(SHORT, 0) + 1
-                    continue
-                step = gso if 0 < gso < n else n
-                valid.clear()
-                off = 0
-                while off < n:
-                    size = step if off + step <= n else n - off
-                    why = inbound_drop(mv[off:off + size], size, own_net, own_mask, mtu)
-                    if why is None:
-                        valid.append((off, size))
-                        nbytes += size
-                    else:
-                        drops[why] = drops.get(why, 0) + 1
-                    off += size
-                if not valid:
-                    continue
-                # A train of one flow's segments becomes one TSO write (the kernel carries it
-                # to the pod as one packet); anything else is written packet by packet.
-                writes = merge_tcp4(mv, valid, out) if len(valid) > 1 else [(0, valid[0][0], valid[0][1])]
-                for merged, start, x in writes:
-                    try:
-                        if merged:  # merge_tcp4 decremented the TTL in the joined header
-                            write(fd, omv[start:x])
-                        else:
-                            single = mv[start:start + x]
-                            decrement_ttl(single)
-                            writev(fd, [ZERO_VNET, single])
-                    except OSError:
-                        drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
-                packets += len(valid)
-            return packets, nbytes
+                for first, count in tcp_runs(mv, n, gso):
+                    off = first * gso
+                    moved = write(fd, off, min(gso, n - off), count, n, gso, drops)
+                    packets += moved
+                    nbytes += min(n, off + count * gso) - off if moved else 0
+                    batched += moved if moved > 1 else 0
+            return packets, nbytes, batched
 
         self._pump(self._udp_wakeups(), self.counters.udp_to_tun, drain)
 

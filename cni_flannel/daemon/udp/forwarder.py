@@ -30,7 +30,7 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.packet import (Buffer, check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT,
@@ -46,8 +46,9 @@ BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole 
 LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
 _GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
 
-# One direction's inner loop: drain(fd, peer table, drops) -> (packets, bytes) it moved.
-Drain = Callable[[int, PeerTable, Dict[str, int]], Tuple[int, int]]
+# One direction's inner loop: drain(fd, peer table, drops) -> (packets, bytes) it moved, and
+# optionally how many of them moved in batches of several.
+Drain = Callable[[int, PeerTable, Dict[str, int]], Sequence[int]]
 
 
 class Forwarder:
@@ -143,8 +144,8 @@ class Forwarder:
         thread_time = time.thread_time
         for fd in wakeups:
             drops: Dict[str, int] = {}
-            packets, nbytes = drain(fd, self.table, drops)
-            stats.add(packets, nbytes, drops, thread_time())
+            moved = drain(fd, self.table, drops)
+            stats.add(moved[0], moved[1], drops, thread_time(), moved[2] if len(moved) > 2 else 0)
 
     # --- flannel0 -> peers ---------------------------------------------------------------
     def _route(self, pkt: memoryview, n: int, fd: int, table: PeerTable, drops: Dict[str, int]) -> Optional[Addr]:

@@ -1,15 +1,12 @@
-"""The offload fast path's packet work (pure; no I/O): TUN virtio-net headers, TSO
-super-packets cut into wire packets, partial checksums completed, GRO buffers split.
+"""The offload paths' packet work (pure; no I/O): TUN virtio-net headers, partial checksums
+completed, TSO super-packets cut into wire packets.
 
-With IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) the kernel hands flannel0's
-reader whole TCP super-packets (up to 64 KB, one read instead of ~45) prefixed by a
-virtio_net_hdr.  Upstream peers expect one inner IP packet per datagram, so the super-packet
-is cut here into MSS-sized IPv4/TCP packets laid end to end in one buffer, each complete
-(IP id, length, TTL − 1, TCP sequence, flags and both checksums), and sent with one
-``sendmsg`` carrying UDP_SEGMENT = the packet size: the kernel (or the NIC) turns that into
-exactly those datagrams on the wire.  The receiving side asks for UDP_GRO, gets runs of
-same-size datagrams in one ``recvmsg`` with their size, and splits them back (``gro_split``);
-a datagram from a peer without GSO simply arrives alone.
+flannel0 is opened with IFF_VNET_HDR, so every packet carries a virtio_net_hdr: the receiving
+loop writes TSO packets with it (gro.py); the sending loop gets finished packets (no
+TUNSETOFFLOAD flags, see fastpath.py) and keeps ``complete_csum`` and ``segment_tcp4`` only
+for a flannel0 that hands over partial checksums or super-packets anyway.  ``segment_tcp4``
+cuts an IPv4/TCP super-packet into MSS-sized packets laid end to end, each complete (IP id,
+length, TTL − 1, TCP sequence, flags and both checksums), ready for one UDP_SEGMENT send.
 
 Checksums use the identity "one's complement sum of 16-bit words == the number mod 0xFFFF",
 so the summing runs in C (int.from_bytes) and never in a Python loop.
@@ -18,7 +15,7 @@ so the summing runs in C (int.from_bytes) and never in a Python loop.
 from __future__ import annotations
 
 import struct
-from typing import List, Tuple
+from typing import Tuple
 
 VNET_HDR_LEN = 10
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -60,11 +57,6 @@ def complete_csum(pkt: memoryview, n: int, start: int, offset: int) -> bool:
     pkt[at] = c >> 8
     pkt[at + 1] = c & 0xFF
     return True
-
-
-def _ip_csum(hdr: memoryview) -> int:
-    s = int.from_bytes(hdr, "big") % 0xFFFF
-    return ~s & 0xFFFF if s else 0
 
 
 def segment_tcp4(pkt: memoryview, n: int, mss: int, out: bytearray) -> Tuple[int, int]:
@@ -127,93 +119,3 @@ def segment_tcp4(pkt: memoryview, n: int, mss: int, out: bytearray) -> Tuple[int
         off += size
         pos += total
     return (hl + mss if count > 1 else pos), pos
-
-
-def gro_split(n: int, gso_size: int) -> List[Tuple[int, int]]:
-    """(offset, length) of each datagram in a UDP_GRO buffer of ``n`` bytes."""
-    if gso_size <= 0 or gso_size >= n:
-        return [(0, n)]
-    return [(off, min(gso_size, n - off)) for off in range(0, n, gso_size)]
-
-
-def _pseudo_partial(p: memoryview, tcp_len: int) -> int:
-    """The folded, not inverted, pseudo-header sum CHECKSUM_PARTIAL expects in the field."""
-    s = (int.from_bytes(p[12:20], "big") + PROTO_TCP + tcp_len) % 0xFFFF
-    return s or 0xFFFF
-
-
-def merge_tcp4(buf: memoryview, segs: List[Tuple[int, int]], out: bytearray) -> List[Tuple[int, int, int]]:
-    """Join runs of consecutive TCP segments of one flow (``segs``: (offset, size) of valid
-    IPv4 packets in ``buf``, TTL > 1) into TSO super-packets for flannel0 with TTL − 1, as the
-    kernel's GRO would:
-    same addresses, ports, ACK, window and options; sequence numbers back to back; every
-    payload but the last one full size; no flags but ACK (PSH on the last).
-
-    Returns what to write, in order: (1, start, end) for a super-packet at out[start:end]
-    (virtio header included), or (0, offset, size) for a packet in ``buf`` to write alone
-    (its TTL not yet decremented)."""
-    omv = memoryview(out)
-    writes: List[Tuple[int, int, int]] = []
-    pos = 0
-    i, count = 0, len(segs)
-    while i < count:
-        off, size = segs[i]
-        p = buf[off:off + size]
-        j = i + 1
-        ihl = (p[0] & 0x0F) * 4
-        if p[9] == PROTO_TCP and not (p[6] & 0x3F or p[7]) and ihl + 20 <= size:
-            thl = (p[ihl + 12] >> 4) * 4
-            hl = ihl + thl
-            mss = size - hl
-            flags = p[ihl + 13]
-            if mss > 0 and hl <= size and flags == 0x10:  # ACK alone (PSH would end the run here)
-                seq = int.from_bytes(p[ihl + 4:ihl + 8], "big")
-                data = mss
-                last = mss
-                while j < count and last == mss:
-                    off2, size2 = segs[j]
-                    q = buf[off2:off2 + size2]
-                    more = size2 - hl
-                    if (more <= 0 or more > mss or hl + data + more > 65535 or q[0] != p[0] or q[9] != PROTO_TCP
-                            or q[6] & 0x3F or q[7] or (q[ihl + 12] >> 4) * 4 != thl or (q[ihl + 13] & ~0x08) != 0x10
-                            or q[12:20] != p[12:20] or q[ihl:ihl + 4] != p[ihl:ihl + 4]
-                            or int.from_bytes(q[ihl + 4:ihl + 8], "big") != (seq + data) & 0xFFFFFFFF
-                            or q[ihl + 8:ihl + 12] != p[ihl + 8:ihl + 12] or q[ihl + 14:ihl + 16] != p[ihl + 14:ihl + 16]
-                            or q[ihl + 20:hl] != p[ihl + 20:hl]):
-                        break
-                    data += more
-                    last = more
-                    flags = q[ihl + 13]
-                    j += 1
-                    if flags & 0x08:
-                        break  # PSH ends a run
-                if j - i > 1:
-                    total = hl + data
-                    start = pos
-                    out[pos:pos + VNET_HDR_LEN] = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
-                                                             hl, mss, ihl, 16)
-                    pos += VNET_HDR_LEN
-                    omv[pos:pos + hl] = p[:hl]
-                    out[pos + 8] -= 1                   # TTL (the segments' TTL is left alone)
-                    out[pos + 2] = total >> 8
-                    out[pos + 3] = total & 0xFF
-                    out[pos + 10] = out[pos + 11] = 0
-                    c = _ip_csum(omv[pos:pos + ihl])
-                    out[pos + 10] = c >> 8
-                    out[pos + 11] = c & 0xFF
-                    out[pos + ihl + 13] = flags
-                    c = _pseudo_partial(p, total - ihl)
-                    out[pos + ihl + 16] = c >> 8
-                    out[pos + ihl + 17] = c & 0xFF
-                    w = pos + hl
-                    for k in range(i, j):
-                        o, s = segs[k]
-                        omv[w:w + s - hl] = buf[o + hl:o + s]
-                        w += s - hl
-                    pos = w
-                    writes.append((1, start, pos))
-                    i = j
-                    continue
-        writes.append((0, off, size))
-        i += 1
-    return writes

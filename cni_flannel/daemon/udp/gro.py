@@ -1,0 +1,151 @@
+"""TCP GRO in userspace (pure; no I/O): a UDP_GRO buffer of one TCP flow's segments becomes
+one TSO super-packet for flannel0.
+
+With UDP_GRO the receiving socket hands over up to 64 KB of back-to-back datagrams of one
+size (``step``; the last one may be shorter), each one inner IPv4 packet.  Writing them one
+by one costs a syscall and a trip through the stack each.  ``tcp_runs`` finds the runs of
+consecutive segments of one TCP flow and ``tso_header`` builds the virtio_net_hdr and joined
+IP/TCP header for a run, so the whole run is written once (GSO_TCPV4, NEEDS_CSUM: the kernel
+or the receiving socket finishes the checksum) — what wireguard-go and Tailscale do.
+
+The work is per buffer, not per segment: one ``struct.unpack_from`` reads every segment's
+header fields at once (a format with padding between the headers), and each rule is one
+comparison of a tuple slice across all segments.  The rules are the kernel's GRO rules:
+same IP header apart from length, id and checksum (IHL 5, no fragment bits); same ports,
+ACK, data offset, window, urgent pointer and options; sequence numbers back to back; every
+segment full size but the last; no flag but ACK (PSH allowed on the last one).  The first
+segment of a run is validated in full by the caller (inbound_drop); the others must repeat
+its header, so they are valid too.  Their own checksums are not re-verified: the outer UDP
+checksum already covered the datagram on the wire.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, List, Sequence, Tuple
+
+from cni_flannel.daemon.udp.offload import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
+
+Buffer = memoryview
+PROTO_TCP = 6
+ACK, PSH = 0x10, 0x08
+MAX_IP_PACKET = 65535
+_SEQ_MOD = 1 << 32
+
+# One segment's header as fields: ver/IHL/TOS, total length, [id], frag/TTL/proto, [csum],
+# addresses and ports, seq, ack and data offset, flags, window, [csum], urgent and options.
+_FIELDS = "2sH2x4s2x12sI5sB2s2x"
+_F = 9
+_LEN, _SEQ, _FLAGS = 1, 4, 6
+_SAME = (0, 2, 3, 5, 7, 8)       # fields every segment of a run repeats
+_VNET = struct.Struct("<BBHHHH")
+_structs: Dict[Tuple[int, int, int], struct.Struct] = {}
+
+
+def _headers(step: int, opt: int, count: int) -> struct.Struct:
+    """The Struct reading ``count`` headers (options ``opt`` bytes) ``step`` bytes apart."""
+    key = (step, opt, count)
+    s = _structs.get(key)
+    if s is None:
+        one = _FIELDS + f"{opt + 2}s"
+        gap = f"{step - 40 - opt}x"
+        s = struct.Struct("!" + gap.join([one] * count))
+        if len(_structs) > 512:  # MSS and option sizes vary little; never grow without bound
+            _structs.clear()
+        _structs[key] = s
+    return s
+
+
+def _first_change(values: Sequence[object], limit: int) -> int:
+    """The index of the first value differing from values[0], at most ``limit``."""
+    v0 = values[0]
+    if values.count(v0) == len(values):
+        return limit
+    for j, v in enumerate(values):
+        if v != v0:
+            return min(j, limit)
+    return limit  # pragma: no cover - count said otherwise
+
+
+def _run_length(buf: Buffer, n: int, step: int, first: int, count: int) -> int:
+    """How many datagrams from index ``first`` form one run (1: write it alone)."""
+    off = first * step
+    if (count - first < 2 or buf[off] != 0x45 or buf[off + 9] != PROTO_TCP or step < 41
+            or buf[off + 6] & 0x3F or buf[off + 7] or buf[off + 33] != ACK):
+        return 1
+    thl = (buf[off + 32] >> 4) * 4
+    hl = 20 + thl
+    last_size = n - (count - 1) * step
+    k = count - first if last_size > hl else count - first - 1  # a bare header cannot join
+    if thl < 20 or hl >= step or k < 2:
+        return 1
+    t = _headers(step, thl - 20, k).unpack_from(buf, off)
+    f = _F
+    limit = k
+    for i in _SAME:
+        if t[i::f].count(t[i]) != k:
+            limit = _first_change(t[i::f], limit)
+    # each IP length must be its datagram's: ``step``, or ``last_size`` for the buffer's last
+    lens = t[_LEN::f]
+    sizes = (step,) * (k - 1) + ((last_size,) if first + k == count else (step,))
+    if lens != sizes:
+        limit = min(limit, next(j for j in range(k) if lens[j] != sizes[j]))
+    flags = t[_FLAGS::f]
+    if flags.count(ACK) != k:
+        j = _first_change(flags, k)
+        limit = min(limit, j + 1 if flags[j] == ACK | PSH else j)
+    mss = step - hl
+    seq0 = t[_SEQ]
+    seqs = t[_SEQ::f]
+    if seq0 + k * mss < _SEQ_MOD:
+        want: Sequence[int] = range(seq0, seq0 + k * mss, mss)
+    else:
+        want = [(seq0 + j * mss) % _SEQ_MOD for j in range(k)]
+    if seqs != tuple(want):
+        limit = min(limit, next(j for j in range(k) if seqs[j] != want[j]))
+    return max(limit, 1)
+
+
+def tcp_runs(buf: Buffer, n: int, step: int) -> List[Tuple[int, int]]:
+    """Split the GRO buffer ``buf[:n]`` (datagrams of ``step`` bytes, the last may be shorter)
+    into runs: (index of the first datagram, how many); a run of one is written alone."""
+    count = -(-n // step)
+    runs: List[Tuple[int, int]] = []
+    i = 0
+    while i < count:
+        r = _run_length(buf, n, step, i, count)
+        runs.append((i, r))
+        i += r
+    return runs
+
+
+def tso_header(buf: Buffer, off: int, payload: int, last_flags: int) -> bytes:
+    """The virtio_net_hdr and joined IP/TCP header for a run whose first segment is at
+    ``buf[off:]`` and whose payloads total ``payload`` bytes: total length, TTL − 1, a fresh
+    IP checksum, the last segment's flags, and the pseudo-header sum in the TCP checksum."""
+    thl = (buf[off + 32] >> 4) * 4
+    hl = 20 + thl
+    mss = int.from_bytes(buf[off + 2:off + 4], "big") - hl
+    total = hl + payload
+    h = bytearray(buf[off:off + hl])
+    h[2], h[3] = total >> 8, total & 0xFF
+    h[8] -= 1
+    h[10] = h[11] = 0
+    s = int.from_bytes(h[:20], "big") % 0xFFFF
+    c = ~s & 0xFFFF if s else 0
+    h[10], h[11] = c >> 8, c & 0xFF
+    h[33] = last_flags
+    s = (int.from_bytes(h[12:20], "big") + PROTO_TCP + total - 20) % 0xFFFF or 0xFFFF
+    h[36], h[37] = s >> 8, s & 0xFF
+    vnet = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hl, mss, 20, 16)
+    return vnet + bytes(h)
+
+
+def run_iov(mv: Buffer, n: int, step: int, first: int, count: int) -> List[Buffer]:
+    """The run's payloads as memoryview slices (for writev after its tso_header)."""
+    off = first * step
+    hl = 20 + (mv[off + 32] >> 4) * 4
+    last = off + (count - 1) * step
+    iov = [mv[o:o + step - hl] for o in range(off + hl, last, step)]
+    iov.append(mv[last + hl:min(n, last + step)])
+    return iov
