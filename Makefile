@@ -77,7 +77,7 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt | apt
 binaries: $(BUNDLE_STAMP)
 
 # (apt: order-only — checked every time, never a reason to rebuild)
-$(BUNDLE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS) $(wildcard packaging/portable/*.sh) | apt
+$(BUNDLE_STAMP): $(VENV_STAMP) $(BUNDLE_INPUTS) $(wildcard packaging/portable/*.sh) packaging/lib.sh | apt
 	bash packaging/portable/build.sh dist/cni
 
 binaries-native: $(NATIVE_STAMP)
@@ -108,7 +108,7 @@ IMAGE_TAR := dist/cni-flannel-image.tar
 
 image: $(IMAGE_TAR)
 
-$(IMAGE_TAR): $(BUNDLE_STAMP) packaging/image/build.sh packaging/image/oci.py packaging/install.sh | apt
+$(IMAGE_TAR): $(BUNDLE_STAMP) packaging/image/build.sh packaging/image/oci.py packaging/install.sh packaging/install-lib.sh packaging/lib.sh | apt
 	bash packaging/image/build.sh $(IMAGE_TAR)
 
 test: deps binaries binaries-native portable-root drivers image

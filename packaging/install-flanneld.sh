@@ -23,7 +23,7 @@ BUNDLE=.cni-flannel
 
 say() { echo "install-flanneld: $*"; }
 die() { echo "install-flanneld: $*" >&2; exit 1; }
-sha256() { sha256sum "$1" | cut -d' ' -f1; }
+. "$here/install-lib.sh"
 # the checksums a build records for its entries (either layout)
 build_shas() { sed -n 's/^\(PYTHON_\)\{0,1\}ENTRY_SHA256=//p' "$1/$BUNDLE/BUILD" 2>/dev/null || true; }
 
@@ -50,30 +50,8 @@ if [ -e "$BIN_DIR/$BUNDLE" ] && [ ! -f "$BIN_DIR/$BUNDLE/BUILD" ] && [ "$FORCE" 
     die "$BIN_DIR/$BUNDLE exists and is not a cni-flannel bundle; move it away or run with FORCE=1"
 fi
 
-tmp_files=""
-cleanup() { [ -z "$tmp_files" ] || rm -rf $tmp_files; }
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-bundle=$BIN_DIR/$BUNDLE
-if [ -d "$bundle" ] && diff -r "$SRC/$BUNDLE" "$bundle" >/dev/null 2>&1; then
-    say "$bundle is up to date"
-else
-    tmp=$bundle.new.$$
-    old=$bundle.old.$$
-    tmp_files="$tmp_files $tmp $old"
-    rm -rf "$tmp" "$old"
-    cp -R -p "$SRC/$BUNDLE" "$tmp"
-    if [ -e "$bundle" ] || [ -L "$bundle" ]; then mv "$bundle" "$old"; fi
-    mv "$tmp" "$bundle"
-    rm -rf "$old"
-    say "installed $bundle"
-fi
-
-tmp=$BIN_DIR/.flanneld.new.$$
-tmp_files="$tmp_files $tmp"
-cp "$SRC/flanneld" "$tmp"
-chmod 0755 "$tmp"
-mv -f "$tmp" "$dest"
+install_traps
+swap_bundle "$SRC/$BUNDLE" "$BIN_DIR/$BUNDLE"
+put "$SRC/flanneld" "$dest" 0755
 version=$("$dest" --version) || die "$dest --version failed after installing"
 say "installed $dest ($version)"

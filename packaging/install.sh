@@ -42,7 +42,7 @@ KNOWN="flannel bridge host-local portmap loopback"
 
 say() { echo "install: $*"; }
 die() { echo "install: $*" >&2; exit 1; }
-sha256() { sha256sum "$1" | cut -d' ' -f1; }
+. "$here/install-lib.sh"
 build_entry_sha() { sed -n 's/^ENTRY_SHA256=//p' "$1/$BUNDLE/BUILD" 2>/dev/null || true; }
 build_python_sha() { sed -n 's/^PYTHON_ENTRY_SHA256=//p' "$1/$BUNDLE/BUILD" 2>/dev/null || true; }
 # entry <plugin>: the file installed under that name
@@ -108,36 +108,8 @@ fi
 
 # --- install -----------------------------------------------------------------------------------
 
-tmp_files=""
-cleanup() { [ -z "$tmp_files" ] || rm -rf $tmp_files; }
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-# put <src> <dest> <mode>: copy next to dest, then rename over it
-put() {
-    tmp=$(dirname "$2")/.$(basename "$2").new.$$
-    tmp_files="$tmp_files $tmp"
-    rm -f "$tmp"
-    cp "$1" "$tmp"
-    chmod "$3" "$tmp"
-    mv -f "$tmp" "$2"
-}
-
-bundle=$BIN_DIR/$BUNDLE
-# (-x: the bundle holds a link to itself, .cni-flannel -> ., for its PyInstaller entry)
-if [ -d "$bundle" ] && [ -L "$bundle/$BUNDLE" ] && diff -r -x "$BUNDLE" "$SRC/$BUNDLE" "$bundle" >/dev/null 2>&1; then
-    say "$bundle is up to date"
-else
-    tmp=$bundle.new.$$
-    old=$bundle.old.$$
-    tmp_files="$tmp_files $tmp $old"
-    rm -rf "$tmp" "$old"
-    cp -R -p "$SRC/$BUNDLE" "$tmp"
-    if [ -e "$bundle" ] || [ -L "$bundle" ]; then mv "$bundle" "$old"; fi
-    mv "$tmp" "$bundle"
-    rm -rf "$old"
-    say "installed $bundle ($(sed -n 's/^SOURCE=//p' "$bundle/BUILD"))"
-fi
+install_traps
+swap_bundle "$SRC/$BUNDLE" "$BIN_DIR/$BUNDLE"
 
 for p in $PLUGINS; do
     dest=$BIN_DIR/$p

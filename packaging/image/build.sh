@@ -3,6 +3,7 @@
 # no container tool): a Debian bullseye minbase root (glibc 2.31, the frozen build's target) with
 # iptables, nftables and iproute2, plus
 #   /opt/cni-flannel/packaging/install.sh     what the install-cni-plugin initContainer runs
+#   /opt/cni-flannel/packaging/install-lib.sh (sourced by it)
 #   /opt/cni-flannel/dist/cni/                the frozen build (plugins, flanneld, .cni-flannel/)
 #   /opt/bin/flanneld -> /opt/cni-flannel/dist/cni/flanneld   (upstream's path; the bundle
 #                                              is found next to the symlink's target)
@@ -18,7 +19,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-source "$repo/packaging/portable/lib.sh"
+source "$repo/packaging/lib.sh"
 say() { echo "image: $*" >&2; }
 die() { echo "image: $*" >&2; exit 1; }
 
@@ -34,7 +35,6 @@ DIST=$repo/dist/cni
 MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
 SECURITY=${DEBIAN_SECURITY_MIRROR:-$(host_security_mirror)}
 PACKAGES=(iptables nftables iproute2)
-STAMPS=$ROOT/.cni-flannel
 
 [[ -x $DIST/flanneld && -f $DIST/.cni-flannel/BUILD ]] || die "$DIST has no frozen build with flanneld: run make binaries"
 
@@ -44,32 +44,9 @@ flock 8
 trap unmount_all EXIT
 trap 'exit 1' INT TERM HUP
 
-if ! [[ -f $STAMPS/debootstrap ]]; then
-    say "debootstrap --variant=minbase $SUITE from $MIRROR into $ROOT"
-    grep -qF " $ROOT/" /proc/self/mountinfo && die "something is mounted under $ROOT: unmount it first"
-    rm -rf "$ROOT"
-    debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
-        || { tail -20 "$ROOT.debootstrap.log" >&2; die "debootstrap failed (log: $ROOT.debootstrap.log)"; }
-    mkdir -p "$STAMPS"
-    echo "$SUITE $MIRROR" >"$STAMPS/debootstrap"
-fi
-
-apt_key="${PACKAGES[*]} | $MIRROR | $SECURITY"
-if ! stamp_ok "$STAMPS/apt" "$apt_key"; then
-    say "apt-get install ${PACKAGES[*]}"
-    mount_chroot "$ROOT"
-    cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
-    cat >"$ROOT/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb $SECURITY $SUITE-security main
-EOF
-    in_root "$ROOT" apt-get update -qq
-    in_root "$ROOT" apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
-    in_root "$ROOT" apt-get clean
-    unmount_all
-    echo "$apt_key" >"$STAMPS/apt"
-fi
+ensure_debootstrap "$ROOT"
+ensure_apt "$ROOT" "${PACKAGES[@]}"
+unmount_all  # the stage is a hard-link copy of the root: nothing may be mounted in it
 
 say "staging $STAGE"
 rm -rf "$STAGE"
@@ -80,6 +57,7 @@ rm -rf "$STAGE/.cni-flannel" "$STAGE"/var/lib/apt/lists/* "$STAGE"/var/cache/apt
 : >"$STAGE/etc/resolv.conf"
 mkdir -p "$STAGE/opt/cni-flannel/packaging" "$STAGE/opt/cni-flannel/dist" "$STAGE/opt/bin"
 cp -a "$repo/packaging/install.sh" "$STAGE/opt/cni-flannel/packaging/install.sh"
+cp -a "$repo/packaging/install-lib.sh" "$STAGE/opt/cni-flannel/packaging/install-lib.sh"
 cp -a "$repo/conflists" "$STAGE/opt/cni-flannel/conflists"
 cp -a "$DIST" "$STAGE/opt/cni-flannel/dist/cni"
 ln -s /opt/cni-flannel/dist/cni/flanneld "$STAGE/opt/bin/flanneld"

@@ -19,7 +19,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-source "$here/lib.sh"
+source "$here/../lib.sh"
 
 [[ $(id -u) == 0 ]] || die "needs root (debootstrap, chroot, mounts)"
 in_private_mount_ns "$0" "$@"
@@ -44,36 +44,11 @@ trap 'exit 1' INT TERM HUP
 t0=$(date +%s)
 step() { say "[$(( $(date +%s) - t0 ))s] $*"; }
 
-# --- 1. debootstrap ---------------------------------------------------------------------------
-if ! [[ -f $STAMPS/debootstrap ]]; then
-    step "debootstrap $SUITE from $MIRROR into $ROOT"
-    # A half-made root (interrupted earlier) is not trusted: start over.  Nothing can be mounted
-    # in it (mounts only ever live in a private namespace).
-    grep -qF " $ROOT/" /proc/self/mountinfo && die "something is mounted under $ROOT: unmount it first"
-    rm -rf "$ROOT"
-    debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
-        || { tail -20 "$ROOT.debootstrap.log" >&2; die "debootstrap failed (log: $ROOT.debootstrap.log)"; }
-    mkdir -p "$STAMPS"
-    echo "$SUITE $MIRROR" >"$STAMPS/debootstrap"
-fi
-
+# --- 1. debootstrap, 2. build dependencies (packaging/lib.sh) ---------------------------------
+ensure_debootstrap "$ROOT"
 mount_chroot "$ROOT"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
-
-# --- 2. build dependencies --------------------------------------------------------------------
-apt_key="${APT_PACKAGES[*]} | $MIRROR | $SECURITY"
-if ! stamp_ok "$STAMPS/apt" "$apt_key"; then
-    step "apt-get install ${APT_PACKAGES[*]}"
-    cat >"$ROOT/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb $SECURITY $SUITE-security main
-EOF
-    in_root "$ROOT" apt-get update -qq
-    in_root "$ROOT" apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
-    in_root "$ROOT" apt-get clean
-    echo "$apt_key" >"$STAMPS/apt"
-fi
+ensure_apt "$ROOT" "${APT_PACKAGES[@]}"
 
 # --- 3. the venv ------------------------------------------------------------------------------
 # The host's pip configuration: the files are copied in; the local wheel directories, indexes,

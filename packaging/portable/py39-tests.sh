@@ -10,7 +10,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-source "$here/lib.sh"
+source "$here/../lib.sh"
 
 [[ $(id -u) == 0 ]] || die "needs root (chroot, mounts)"
 in_private_mount_ns "$0" "$@"

@@ -65,7 +65,8 @@ def image(tmp_path_factory) -> Path:
         pytest.skip(f"{FROZEN_DIR} has no frozen build: run `make binaries`")
     home = tmp_path_factory.mktemp("image") / "cni-flannel"
     (home / "packaging").mkdir(parents=True)
-    shutil.copy2(REPO / "packaging" / "install.sh", home / "packaging" / "install.sh")
+    for script in ("install.sh", "install-lib.sh"):
+        shutil.copy2(REPO / "packaging" / script, home / "packaging" / script)
     (home / "dist").mkdir()
     shutil.copytree(FROZEN_DIR, home / "dist" / "cni", symlinks=True)
     return home

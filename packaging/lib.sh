@@ -1,4 +1,4 @@
-# Shared by packaging/portable/*.sh (sourced, not run).
+# Shared by packaging/portable/*.sh and packaging/image/build.sh (sourced, not run).
 #
 # Chroot mounts are made only inside a private mount namespace (see in_private_mount_ns): they
 # exist while the script runs and vanish with the namespace when it ends, however it ends (error,
@@ -90,3 +90,36 @@ in_root() {
 
 # A stamp records what a step was made from; a step re-runs only when its inputs change.
 stamp_ok() { [[ -f $1 && $(cat "$1") == "$2" ]]; }
+
+# ensure_debootstrap <root>: a minbase $SUITE root from $MIRROR, made once (stamp).  A half-made
+# root (interrupted earlier) is not trusted: start over.  Nothing can be mounted in it (mounts
+# only ever live in a private namespace).
+ensure_debootstrap() {
+    local root=$1
+    [[ -f $root/.cni-flannel/debootstrap ]] && return 0
+    say "debootstrap --variant=minbase $SUITE from $MIRROR into $root"
+    grep -qF " $root/" /proc/self/mountinfo && die "something is mounted under $root: unmount it first"
+    rm -rf "$root"
+    debootstrap --variant=minbase "$SUITE" "$root" "$MIRROR" >"$root.debootstrap.log" 2>&1 \
+        || { tail -20 "$root.debootstrap.log" >&2; die "debootstrap failed (log: $root.debootstrap.log)"; }
+    mkdir -p "$root/.cni-flannel"
+    echo "$SUITE $MIRROR" >"$root/.cni-flannel/debootstrap"
+}
+
+# ensure_apt <root> <package...>: the packages installed in the root from $MIRROR and $SECURITY,
+# again only when the list or the mirrors change (stamp).  Mounts /proc, /sys, /dev in the root
+# (mount_chroot) when they are not yet; unmount_all undoes that.
+ensure_apt() {
+    local root=$1; shift
+    local key="$* | $MIRROR | $SECURITY"
+    stamp_ok "$root/.cni-flannel/apt" "$key" && return 0
+    say "apt-get install $*"
+    mountpoint -q "$root/proc" || mount_chroot "$root"
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n' \
+        "$MIRROR" "$SUITE" "$MIRROR" "$SUITE" "$SECURITY" "$SUITE" >"$root/etc/apt/sources.list"
+    in_root "$root" apt-get update -qq
+    in_root "$root" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    in_root "$root" apt-get clean
+    echo "$key" >"$root/.cni-flannel/apt"
+}
