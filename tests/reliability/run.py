@@ -30,7 +30,7 @@ RESULTS = REPO_ROOT / "reliability" / "results"
 PODS = 8
 
 
-FUZZ_RUNS = [["tests/unit/test_fuzz_daemon_inputs.py"]] + [
+FUZZ_RUNS = [["tests/unit/test_fuzz_daemon_inputs.py"], ["tests/unit/test_fuzz_udp.py"]] + [
     ["tests/integration/test_fuzz_plugins.py", "-k", plugin] for plugin in ("flannel", "bridge", "host", "portmap", "loopback")]
 
 
@@ -55,8 +55,8 @@ def fuzz(examples: int, exec_examples: int, plugin_examples: int = 0) -> List[Di
     return rows
 
 
-def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, Any]:
-    """Rounds of PODS crashed pods until `target` crashes were injected on one path (or, with
+def crashes(path: str, target: int, seed: int, minutes: float = 0, pods: int = PODS) -> Dict[str, Any]:
+    """Rounds of `pods` crashed pods until `target` crashes were injected on one path (or, with
     `minutes`, until that time is up: the row then shows how many were reached)."""
     from tests.conftest import agent_requests, forbid_fallback, start_agent
 
@@ -72,16 +72,16 @@ def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, 
         number = 0
         deadline = started + minutes * 60 if minutes else float("inf")
         while cl.counts["crashes"] < target and time.monotonic() < deadline:
-            cl.round(PODS, number)
+            cl.round(pods, number)
             number += 1
         final = {k: len(v) for k, v in cl.leftovers().items() if v}  # what is left at the end
-        reboot = cl.reboot_round(PODS) if path != "go" else None
+        reboot = cl.reboot_round(pods) if path != "go" else None
         served = agent_requests(node) if agent else []
     counts = cl.counts
     refusals = [x for x in served if x.startswith("refused")]  # a caller killed before it sent, ...
     agent_row = {"agent_served": len(served) - len(refusals), "agent_refused": len(refusals),
                  "agent_refusals": sorted(set(refusals))[:5]} if path == "agent" else {}
-    return {"path": path, **agent_row, "crashes": counts["crashes"], "rounds": counts["rounds"],
+    return {"path": path, **agent_row, "pods": pods, "crashes": counts["crashes"], "rounds": counts["rounds"],
             "rounds_with_leftovers": len(cl.leftover_rounds),
             "leftovers": sum(final.values()), "leftover_kinds": final,
             "failures": {k: v for k, v in counts.items() if k.startswith(("del_failure:", "gc_failure:", "add_failure:"))},
@@ -93,7 +93,7 @@ def crashes(path: str, target: int, seed: int, minutes: float = 0) -> Dict[str, 
 
 
 def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> str:
-    lines = ["| crash injection | crashes | rounds (8 pods) | rounds with leftovers | left at the end | DEL/GC/reboot-ADD failures "
+    lines = ["| crash injection | crashes | rounds (pods each) | rounds with leftovers | left at the end | DEL/GC/reboot-ADD failures "
              "| tracebacks | hangs (> 120 s, killed) | after reboot + GC |", "|---|---|---|---|---|---|---|---|---|"]
     for r in crash_rows:
         name = {"self-contained": "ours, self-contained", "agent": "ours, agent hand-off",
@@ -101,7 +101,7 @@ def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> 
         if r["path"] == "agent":
             name += f" ({r.get('agent_served', '?')} requests served, {r.get('agent_refused', '?')} refused, fallback forbidden)"
         kinds = ", ".join(f"{k} {v}" for k, v in r["leftover_kinds"].items())
-        lines.append(f"| {name} | {r['crashes']} | {r['rounds']} | {r['rounds_with_leftovers']} "
+        lines.append(f"| {name} | {r['crashes']} | {r['rounds']} ({r.get('pods', PODS)}) | {r['rounds_with_leftovers']} "
                      f"| {r['leftovers']}{f' ({kinds})' if kinds else ''} "
                      f"| {r['del_failures'] + r['gc_failures'] + r.get('add_failures', 0)} | {r['tracebacks']} "
                      f"| {r.get('hangs', 0)} "
@@ -123,6 +123,7 @@ def main() -> int:
     ap.add_argument("--self-contained-share", type=float, default=0.5,
                     help="part of --crashes on the self-contained path (the rest through the agent)")
     ap.add_argument("--path", choices=["self-contained", "agent", "go"], help="with --part crashes: this path only")
+    ap.add_argument("--pods", type=int, default=PODS, help="with --part crashes: pods crashed at once per round")
     ap.add_argument("--minutes", type=float, default=0, help="with --part crashes: stop each path after this long")
     ap.add_argument("--part", choices=["all", "crashes", "fuzz", "storm", "table"], default="all",
                     help="run one part (its rows go to reliability/results/<part>.json; 'table' joins them) "
@@ -147,7 +148,7 @@ def main() -> int:
         targets = {"self-contained": own, "agent": args.crashes - own, "go": max(20, args.crashes // 10)}
         for n, path in enumerate(targets):
             if args.path in (None, path):
-                crash_rows.append(crashes(path, targets[path], seed + n, args.minutes))
+                crash_rows.append(crashes(path, targets[path], seed + n, args.minutes, args.pods))
         name = f"crashes-{args.path}.json" if args.path else "crashes.json"
         (RESULTS / name).write_text(json.dumps(crash_rows, indent=1, default=str))
     if args.part in ("all", "fuzz"):
