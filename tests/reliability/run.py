@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from tests.harness.netns import Lab
 from tests.harness.plugins import REPO_ROOT, plugin_dir, reference_dir
 from tests.reliability import storm as storm_part
 from tests.reliability.crashes import CrashLab
+from tests.reliability.guard import Stopped, guard_labs
 
 RESULTS = REPO_ROOT / "reliability" / "results"
 PODS = 8
@@ -47,8 +49,15 @@ def fuzz(examples: int, exec_examples: int, plugin_examples: int = 0) -> List[Di
         procs.append((report, subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                                 "--timeout=7200", *selection], cwd=REPO_ROOT, env=env,
                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    for report, proc in procs:
-        out = proc.communicate()[0]
+    try:
+        outs = [proc.communicate()[0] for _, proc in procs]
+    except BaseException:  # stopped (guard.Stopped): the fuzz runs unwind their labs too
+        for _, proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for _, proc in procs:
+            proc.wait(120)
+        raise
+    for (report, proc), out in zip(procs, outs):
         print(out[-2000:], file=sys.stderr)
         got = [json.loads(l) for l in open(report)] if os.path.exists(report) else []
         rows += [dict(row, pytest_rc=proc.returncode) for row in got]
@@ -198,4 +207,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard_labs()  # labs removed on every exit: signals unwind them, a guardian covers SIGKILL
+    try:
+        sys.exit(main())
+    except Stopped as stop:
+        print(f"reliability: {stop}; labs removed", file=sys.stderr)
+        sys.exit(128 + stop.signum)
