@@ -107,6 +107,12 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
             result["cpu_us_per_packet"] = {
                 "encapsulate": round(out["cpu_seconds"] / max(out["packets"], 1) * 1e6, 2),
                 "decapsulate": round(inn["cpu_seconds"] / max(inn["packets"], 1) * 1e6, 2)}
+            # of which in the kernel (syscalls: copies, the stack the packet crosses in them)
+            result["kernel_us_per_packet"] = {
+                "encapsulate": round(out["system_seconds"] / max(out["packets"], 1) * 1e6, 2),
+                "decapsulate": round(inn["system_seconds"] / max(inn["packets"], 1) * 1e6, 2)}
+            result["batched_share"] = {"encapsulate": round(out["batched"] / max(out["packets"], 1), 3),
+                                       "decapsulate": round(inn["batched"] / max(inn["packets"], 1), 3)}
             # What one core per direction would carry at that cost (an estimate, not a measurement:
             # on a shared machine the threads get what the other processes leave).
             worst = max(result["cpu_us_per_packet"].values()) or 1
@@ -155,10 +161,15 @@ def main() -> int:
     for kind in args.only.split(","):
         results[kind] = bench_backend(kind, args.seconds, args.runs)
         r = results[kind]
-        cpu = r.get("cpu_us_per_packet", "")
-        print(f"{kind:9} {r['gbps']:7.2f} Gbit/s  rtt avg {r['rtt_avg_ms']:.3f} ms  {cpu}", flush=True)
+        cpu = ""
+        if "cpu_us_per_packet" in r:
+            c, k = r["cpu_us_per_packet"], r["kernel_us_per_packet"]
+            cpu = (f"  CPU us/packet: encapsulate {c['encapsulate']} (kernel {k['encapsulate']}), "
+                   f"decapsulate {c['decapsulate']} (kernel {k['decapsulate']})")
+        print(f"{kind:9} {r['gbps']:7.2f} Gbit/s  rtt avg {r['rtt_avg_ms']:.3f} ms{cpu}", flush=True)
     base = results.get("vxlan", {}).get("gbps")
     ratios = {k: round(v["gbps"] / base, 3) for k, v in results.items()} if base else {}
+    print(f"load average at end: {os.getloadavg()}")
     doc: Dict[str, Any] = {"what": "pod-to-pod TCP (iperf3, 1 stream) and ping across two namespace nodes",
                            "seconds": args.seconds, "runs": args.runs, "cpus": os.cpu_count(),
                            "kernel": os.uname().release, "loadavg_at_end": os.getloadavg(),

@@ -29,15 +29,18 @@ class Direction:
         self.bytes = 0
         self.wakeups = 0
         self.batched = 0        # packets moved in a batch of several (one GSO send, one TSO write)
-        self.cpu_seconds = 0.0  # the thread's CPU time so far (time.thread_time)
+        self.cpu_seconds = 0.0  # the thread's CPU time so far (user + system)
+        self.system_seconds = 0.0  # of which in the kernel (the syscalls: copies, the stack)
         self.drops: Dict[str, int] = {}
 
-    def add(self, packets: int, nbytes: int, drops: Dict[str, int], cpu: float = 0.0, batched: int = 0) -> None:
+    def add(self, packets: int, nbytes: int, drops: Dict[str, int], cpu: float = 0.0, batched: int = 0,
+            system: float = 0.0) -> None:
         self.packets += packets
         self.batched += batched
         self.bytes += nbytes
         self.wakeups += 1
         self.cpu_seconds = cpu
+        self.system_seconds = system
         for reason, n in drops.items():
             self.drops[reason] = self.drops.get(reason, 0) + n
 
@@ -66,7 +69,8 @@ class Counters:
 
     def as_dict(self) -> Dict[str, Dict[str, object]]:
         return {d.name: {"packets": d.packets, "bytes": d.bytes, "wakeups": d.wakeups, "batched": d.batched,
-                         "cpu_seconds": round(d.cpu_seconds, 3), "drops": dict(d.drops)} for d in (self.tun_to_udp, self.udp_to_tun)}
+                         "cpu_seconds": round(d.cpu_seconds, 3),
+                         "system_seconds": round(d.system_seconds, 3), "drops": dict(d.drops)} for d in (self.tun_to_udp, self.udp_to_tun)}
 
     def summary(self) -> str:
         return f"{self.tun_to_udp.summary()}; {self.udp_to_tun.summary()}"

@@ -26,6 +26,7 @@ import errno
 import ipaddress
 import logging
 import os
+import resource
 import select
 import socket
 import threading
@@ -44,6 +45,7 @@ NICE_ENV = "FLANNELD_UDP_NICE"
 DATA_PLANE_NICE = -10
 BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole and counted
 LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
+RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", 1)  # Linux; the constant is 1
 _GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
 
 # One direction's inner loop: drain(fd, peer table, drops) -> (packets, bytes) it moved, and
@@ -141,11 +143,13 @@ class Forwarder:
     def _pump(self, wakeups: Iterator[int], stats: C.Direction, drain: Drain) -> None:
         """Run one direction: at each wakeup, ``drain`` empties its source until EAGAIN with the
         peer table of that moment and says what it moved; the counters get it as one batch."""
-        thread_time = time.thread_time
+        usage = resource.getrusage
         for fd in wakeups:
             drops: Dict[str, int] = {}
             moved = drain(fd, self.table, drops)
-            stats.add(moved[0], moved[1], drops, thread_time(), moved[2] if len(moved) > 2 else 0)
+            ru = usage(RUSAGE_THREAD)
+            stats.add(moved[0], moved[1], drops, ru.ru_utime + ru.ru_stime, moved[2] if len(moved) > 2 else 0,
+                      ru.ru_stime)
 
     # --- flannel0 -> peers ---------------------------------------------------------------
     def _route(self, pkt: memoryview, n: int, fd: int, table: PeerTable, drops: Dict[str, int]) -> Optional[Addr]:

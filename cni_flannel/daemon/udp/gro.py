@@ -32,39 +32,30 @@ ACK, PSH = 0x10, 0x08
 MAX_IP_PACKET = 65535
 _SEQ_MOD = 1 << 32
 
-# One segment's header as fields: ver/IHL/TOS, total length, [id], frag/TTL/proto, [csum],
-# addresses and ports, seq, ack and data offset, flags, window, [csum], urgent and options.
-_FIELDS = "2sH2x4s2x12sI5sB2s2x"
-_F = 9
-_LEN, _SEQ, _FLAGS = 1, 4, 6
-_SAME = (0, 2, 3, 5, 7, 8)       # fields every segment of a run repeats
+# Per segment: total length, sequence number and flags (the fields a run changes on purpose).
+_VARYING = "2xH20xI5xB"          # 34 bytes: up to the TCP flags
+# Header bytes a run's segments may differ in: total length, id, IP checksum, sequence number,
+# flags, TCP checksum.  Everything else must equal the first segment's header.
+_FREE = (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 33, 36, 37)
 _VNET = struct.Struct("<BBHHHH")
-_structs: Dict[Tuple[int, int, int], struct.Struct] = {}
+_cache: Dict[Tuple[int, int, int], Tuple[struct.Struct, struct.Struct, int]] = {}
 
 
-def _headers(step: int, opt: int, count: int) -> struct.Struct:
-    """The Struct reading ``count`` headers (options ``opt`` bytes) ``step`` bytes apart."""
-    key = (step, opt, count)
-    s = _structs.get(key)
-    if s is None:
-        one = _FIELDS + f"{opt + 2}s"
-        gap = f"{step - 40 - opt}x"
-        s = struct.Struct("!" + gap.join([one] * count))
-        if len(_structs) > 512:  # MSS and option sizes vary little; never grow without bound
-            _structs.clear()
-        _structs[key] = s
-    return s
-
-
-def _first_change(values: Sequence[object], limit: int) -> int:
-    """The index of the first value differing from values[0], at most ``limit``."""
-    v0 = values[0]
-    if values.count(v0) == len(values):
-        return limit
-    for j, v in enumerate(values):
-        if v != v0:
-            return min(j, limit)
-    return limit  # pragma: no cover - count said otherwise
+def _readers(step: int, hl: int, count: int) -> Tuple[struct.Struct, struct.Struct, int]:
+    """For ``count`` segments ``step`` bytes apart with ``hl``-byte headers: a Struct reading
+    every header whole, one reading every segment's (length, seq, flags), and the mask of the
+    bytes that must repeat, as one big number over the joined headers."""
+    key = (step, hl, count)
+    r = _cache.get(key)
+    if r is None:
+        whole = struct.Struct("=" + f"{step - hl}x".join([f"{hl}s"] * count))
+        varying = struct.Struct("!" + f"{step - 34}x".join([_VARYING] * count))
+        one = bytes(0 if i in _FREE else 0xFF for i in range(hl))
+        r = (whole, varying, int.from_bytes(one * count, "big"))
+        if len(_cache) > 256:  # MSS, option sizes and counts vary little; never grow unbounded
+            _cache.clear()
+        _cache[key] = r
+    return r
 
 
 def _run_length(buf: Buffer, n: int, step: int, first: int, count: int) -> int:
@@ -79,24 +70,25 @@ def _run_length(buf: Buffer, n: int, step: int, first: int, count: int) -> int:
     k = count - first if last_size > hl else count - first - 1  # a bare header cannot join
     if thl < 20 or hl >= step or k < 2:
         return 1
-    t = _headers(step, thl - 20, k).unpack_from(buf, off)
-    f = _F
+    whole, varying, mask = _readers(step, hl, k)
     limit = k
-    for i in _SAME:
-        if t[i::f].count(t[i]) != k:
-            limit = _first_change(t[i::f], limit)
+    headers = whole.unpack_from(buf, off)
+    diff = (int.from_bytes(b"".join(headers), "big") ^ int.from_bytes(headers[0] * k, "big")) & mask
+    if diff:  # the highest differing bit is in the first segment that breaks the rule
+        limit = (k * hl * 8 - diff.bit_length()) // (hl * 8)
+    t = varying.unpack_from(buf, off)
     # each IP length must be its datagram's: ``step``, or ``last_size`` for the buffer's last
-    lens = t[_LEN::f]
+    lens = t[0::3]
     sizes = (step,) * (k - 1) + ((last_size,) if first + k == count else (step,))
     if lens != sizes:
         limit = min(limit, next(j for j in range(k) if lens[j] != sizes[j]))
-    flags = t[_FLAGS::f]
+    flags = t[2::3]
     if flags.count(ACK) != k:
-        j = _first_change(flags, k)
+        j = next(j for j in range(k) if flags[j] != ACK)
         limit = min(limit, j + 1 if flags[j] == ACK | PSH else j)
     mss = step - hl
-    seq0 = t[_SEQ]
-    seqs = t[_SEQ::f]
+    seq0 = t[1]
+    seqs = t[1::3]
     if seq0 + k * mss < _SEQ_MOD:
         want: Sequence[int] = range(seq0, seq0 + k * mss, mss)
     else:
