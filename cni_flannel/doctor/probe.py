@@ -8,24 +8,14 @@ import ipaddress
 import os
 import select
 import socket
-import struct
 import time
 from typing import Dict, List, Sequence, Tuple
 
+from cni_flannel.net import icmp
+
 from .facts import Probe
 
-ECHO_REQUEST = {4: 8, 6: 128}
-ECHO_REPLY = {4: 0, 6: 129}
 PAYLOAD = b"flanneld doctor probe"
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
 
 
 def probe(targets: Sequence[Tuple[str, str]], timeout: float = 1.0) -> List[Probe]:
@@ -42,10 +32,7 @@ def probe(targets: Sequence[Tuple[str, str]], timeout: float = 1.0) -> List[Prob
                     family, proto = ((socket.AF_INET, socket.IPPROTO_ICMP) if version == 4
                                      else (socket.AF_INET6, socket.IPPROTO_ICMPV6))
                     socks[version] = socket.socket(family, socket.SOCK_RAW, proto)
-                header = struct.pack("!BBHHH", ECHO_REQUEST[version], 0, 0, ident, seq)
-                csum = _checksum(header + PAYLOAD) if version == 4 else 0  # the kernel fills ICMPv6's
-                packet = struct.pack("!BBHHH", ECHO_REQUEST[version], 0, csum, ident, seq) + PAYLOAD
-                socks[version].sendto(packet, (target, 0))
+                socks[version].sendto(icmp.echo_request(version, ident, seq, PAYLOAD), (target, 0))
                 sent[(version, target, seq)] = time.monotonic()
             except OSError as exc:
                 results[seq] = Probe(peer, target, None, exc.strerror or str(exc))
@@ -58,12 +45,12 @@ def probe(targets: Sequence[Tuple[str, str]], timeout: float = 1.0) -> List[Prob
             for sock in ready:
                 version = 4 if sock.family == socket.AF_INET else 6
                 data, addr = sock.recvfrom(65535)
-                icmp = data[(data[0] & 0x0F) * 4:] if version == 4 else data
-                if len(icmp) < 8:
+                reply = icmp.echo_reply(version, data)
+                if reply is None:
                     continue
-                kind, _, _, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
+                rid, rseq = reply
                 key = (version, addr[0], rseq)
-                if kind == ECHO_REPLY[version] and rid == ident and key in sent and rseq not in results:
+                if rid == ident and key in sent and rseq not in results:
                     peer = targets[rseq - 1][0]
                     results[rseq] = Probe(peer, addr[0], (time.monotonic() - sent[key]) * 1000.0)
     finally:

@@ -9,21 +9,12 @@ import ipaddress
 import os
 import select
 import socket
-import struct
 import sys
 import time
+from pathlib import Path
 
-ECHO_REQUEST = {4: 8, 6: 128}
-ECHO_REPLY = {4: 0, 6: 129}
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repo's package
+from cni_flannel.net.icmp import echo_reply, echo_request  # noqa: E402
 
 
 def ping(addr: str, timeout: float = 2.0) -> bool:
@@ -32,10 +23,7 @@ def ping(addr: str, timeout: float = 2.0) -> bool:
     family, proto = (socket.AF_INET, socket.IPPROTO_ICMP) if version == 4 else (
         socket.AF_INET6, socket.IPPROTO_ICMPV6)
     ident, seq = os.getpid() & 0xFFFF, 1
-    header = struct.pack("!BBHHH", ECHO_REQUEST[version], 0, 0, ident, seq)
-    payload = b"cni-flannel-harness"
-    csum = _checksum(header + payload) if version == 4 else 0  # kernel fills ICMPv6's
-    packet = struct.pack("!BBHHH", ECHO_REQUEST[version], 0, csum, ident, seq) + payload
+    packet = echo_request(version, ident, seq, b"cni-flannel-harness")
     with socket.socket(family, socket.SOCK_RAW, proto) as sock:
         try:
             sock.sendto(packet, (addr, 0))
@@ -46,9 +34,7 @@ def ping(addr: str, timeout: float = 2.0) -> bool:
             if not select.select([sock], [], [], left)[0]:
                 return False
             data, _ = sock.recvfrom(65535)
-            icmp = data[(data[0] & 0x0F) * 4:] if version == 4 else data  # v4 raw includes the IP header
-            kind, _, _, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
-            if kind == ECHO_REPLY[version] and rid == ident and rseq == seq:
+            if echo_reply(version, data) == (ident, seq):
                 return True
     return False
 
