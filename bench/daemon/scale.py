@@ -16,26 +16,19 @@ not packaged here, so there is no side-by-side ratio; the numbers stand alone.
 """
 from __future__ import annotations
 
-import argparse
 import base64
-import json
-import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.daemon.common import (CONF, FLANNELD, measure, parse_args, peer_public_ip, peer_subnet,  # noqa: E402
+                                 peer_vtep_mac, report)
 from tests.harness.etcd import EtcdServer  # noqa: E402
 from tests.harness.netns import Lab  # noqa: E402
 
-FLANNELD = ROOT / "dist" / "cni" / "flanneld"
 PREFIX = "/coreos.com/network"
-CONF = '{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}'
-GOALS = {"converge_s": 10.0, "delete_s": 5.0, "peak_rss_mb": 100.0}
 
 
 def b64(text: str) -> str:
@@ -43,11 +36,10 @@ def b64(text: str) -> str:
 
 
 def peer(i: int):
-    """Lease i: 10.<1 + i // 256>.<i % 256>.0/24 at 198.19.<i // 250>.<1 + i % 250>."""
-    key = f"{PREFIX}/subnets/10.{1 + i // 256}.{i % 256}.0-24"
-    mac = f"0a:00:00:00:{(i >> 8) & 0xff:02x}:{i & 0xff:02x}"
-    value = ('{"PublicIP":"198.19.%d.%d","PublicIPv6":null,"BackendType":"vxlan",'
-             '"BackendData":{"VNI":1,"VtepMAC":"%s"}}' % (i // 250, 1 + i % 250, mac))
+    """Lease i: peer_subnet(i) at peer_public_ip(i) (bench/daemon/common.py)."""
+    key = f"{PREFIX}/subnets/" + peer_subnet(i).replace("/", "-")
+    value = ('{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan",'
+             '"BackendData":{"VNI":1,"VtepMAC":"%s"}}' % (peer_public_ip(i), peer_vtep_mac(i)))
     return key, value
 
 
@@ -56,29 +48,8 @@ def txn(server: EtcdServer, ops) -> None:
         server.call("/kv/txn", {"success": ops[start:start + 100]})
 
 
-def route_count(node) -> int:
-    out = node.run(["ip", "-4", "route", "show", "dev", "flannel.1"], check=False).stdout
-    return sum(1 for line in out.splitlines() if " via " in line)
-
-
-def wait(cond, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise SystemExit(f"bench: timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--peers", type=int, default=2000)
-    ap.add_argument("--delete", type=int, default=1000)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "daemon_scale.json"))
-    ap.add_argument("--log", default="", help="keep flanneld's log here")
-    args = ap.parse_args()
-    if not FLANNELD.exists():
-        raise SystemExit(f"bench: {FLANNELD} missing: run 'make binaries'")
+    args = parse_args("daemon_scale.json")
     with Lab() as lab:
         etcd_node = lab.add_node("etcd", underlay=True)
         node = lab.add_node("n1", underlay=True)
@@ -87,32 +58,10 @@ def main() -> int:
         server.put(f"{PREFIX}/config", CONF)
         leases = [peer(i) for i in range(args.peers)]
         txn(server, [{"requestPut": {"key": b64(k), "value": b64(v)}} for k, v in leases])
-        log_path = args.log or f"{lab.run_dir}/flanneld.log"
-        with open(log_path, "w") as log:
-            started = time.monotonic()
-            proc = node.popen([str(FLANNELD), f"--etcd-endpoints={server.endpoint}", "--iface=eth0",
-                               "--ip-masq"], stdout=log, stderr=subprocess.STDOUT)
-        lab.add_finalizer(lambda: (proc.kill(), proc.wait()))
-        wait(lambda: route_count(node) >= args.peers or proc.poll() is not None, 120, "convergence")
-        converge = time.monotonic() - started
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: flanneld exited {proc.returncode}:\n{Path(log_path).read_text()}")
-        gone = leases[:args.delete]
-        started = time.monotonic()
-        txn(server, [{"requestDeleteRange": {"key": b64(k)}} for k, _ in gone])
-        wait(lambda: route_count(node) <= args.peers - args.delete, 120, "deletions")
-        delete = time.monotonic() - started
-        with open(f"/proc/{proc.pid}/status") as f:
-            hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
-    result = {"peers": args.peers, "deleted": args.delete, "converge_s": round(converge, 2),
-              "delete_s": round(delete, 2), "peak_rss_mb": round(hwm / 1024, 1), "goals": GOALS,
-              "met": {k: (round(converge, 2), round(delete, 2), round(hwm / 1024, 1))[i] <= GOALS[k]
-                      for i, k in enumerate(("converge_s", "delete_s", "peak_rss_mb"))},
-              "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
-              "command": "bench/daemon/scale.py " + " ".join(sys.argv[1:])}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    return 0
+        argv = [str(FLANNELD), f"--etcd-endpoints={server.endpoint}", "--iface=eth0", "--ip-masq"]
+        delete = lambda: txn(server, [{"requestDeleteRange": {"key": b64(k)}} for k, _ in leases[:args.delete]])  # noqa: E731
+        got = measure(lab, node, argv, None, args.log or f"{lab.run_dir}/flanneld.log", args, delete, 120)
+    return report(args, got, "scale.py")
 
 
 if __name__ == "__main__":
