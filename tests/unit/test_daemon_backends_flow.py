@@ -336,6 +336,37 @@ def test_a_peer_claiming_our_public_ip_is_refused_with_one_warning(caplog):
                                 "is this node's own address; nothing is programmed for it"]
 
 
+@pytest.mark.parametrize("subnet", ["10.244.1.128/25", "10.244.1.0/25", "10.244.0.0/16", "10.0.0.0/8",
+                                    "10.244.1.7/32"])
+def test_a_peer_claiming_part_of_our_own_subnet_is_refused(caplog, subnet):
+    """A lying peer's lease for a piece of our subnet (or a network holding it): its route would
+    pull our own pods' traffic into the tunnel.  Refused with one warning; the others go on."""
+    k = FakeKernel()
+    be = vxlan(k)
+    liar = Lease.from_dict({"Subnet": subnet, "PublicIP": "198.18.0.7", "BackendType": "vxlan",
+                            "BackendData": {"VNI": 1, "VtepMAC": MAC[4]}})
+    with caplog.at_level(logging.WARNING, logger="cni_flannel.daemon.backends"):
+        be.reconcile([lease(2), liar])
+    assert list(be.peers) == [lease(2).key]
+    assert programmed(k) == ([("10.244.2.0", MAC[2])], [(MAC[2], "198.18.0.2")],
+                             [("10.244.2.0/24", "10.244.2.0", True)])
+    assert refusals(caplog) == [f"refusing peer {liar.name}: its subnet overlaps this node's own subnet "
+                                "10.244.1.0/24; nothing is programmed for it"]
+    # ... and the same through the watch (an event, not a resync)
+    be.handle([Event("added", liar), Event("added", lease(3))])
+    assert [r[0] for r in programmed(k)[2]] == ["10.244.2.0/24", "10.244.3.0/24"]
+
+
+def test_a_peer_claiming_part_of_our_ipv6_subnet_is_refused():
+    k = FakeKernel(ext_ip="198.18.0.1/15,2001:db8::1/64")
+    be = vxlan(k)
+    liar = Lease.from_dict({"Subnet": "10.244.5.0/24", "PublicIP": "198.18.0.5", "BackendType": "vxlan",
+                            "IPv6Subnet": "fd00:10:244:1::/80", "PublicIPv6": "2001:db8::5",
+                            "BackendData": {"VNI": 1, "VtepMAC": MAC[4]}, "BackendV6Data": {"VNI": 1, "VtepMAC": MAC[4]}})
+    be.reconcile([lease(2, v6=True), liar])
+    assert list(be.peers) == [lease(2, v6=True).key]
+
+
 def test_a_peer_moving_onto_our_address_loses_what_it_had():
     k = FakeKernel()
     be = vxlan(k)

@@ -143,6 +143,14 @@ class Backend:
             return False
         if self._own(lease):
             return False  # our own lease, as the watch reports it too
+        overlap = self._overlaps_own(lease)
+        if overlap:
+            # A part of our subnet (or a network holding it) claimed by a peer: its route
+            # would take our own pods' traffic away from the bridge (a /25 of our /24 is more
+            # specific).  Never a legitimate lease; upstream only skips an exact match.
+            log.warning("refusing peer %s: its subnet overlaps this node's own subnet %s; "
+                        "nothing is programmed for it", lease.name, overlap)
+            return False
         mine = self._ours(lease)
         if mine:
             # Another subnet at one of our addresses: a stale lease of this node's (a
@@ -164,6 +172,15 @@ class Backend:
             ip = ipaddress.ip_address(side.public_ip)
             if str(ip) in mine or ip.is_loopback or ip.is_unspecified:
                 return str(ip)
+        return ""
+
+    def _overlaps_own(self, lease: Lease) -> str:
+        """Our subnet that a side of ``lease`` overlaps without being it, or ''."""
+        for own in (self.node.sides() if self.node else ()):
+            for side in lease.sides():
+                if side.subnet != own.subnet and side.subnet.version == own.subnet.version \
+                        and side.subnet.overlaps(own.subnet):
+                    return str(own.subnet)
         return ""
 
     def _own(self, lease: Lease) -> bool:
