@@ -181,7 +181,7 @@ def gc(req: Request) -> None:
     if keep is None:
         return
     live = {cid for cid, _ in keep}
-    for cid in saved_conf.container_ids(data_dir):
+    for cid in saved_conf.container_ids(data_dir, interrupted=True):
         if cid not in live:
             saved_conf.remove(data_dir, cid)
 

@@ -37,3 +37,18 @@ def test_reboot_then_one_gc_leaves_nothing(node) -> None:
     lab = CrashLab(node, kind="flannel")
     assert lab.reboot_round(4) == 0, lab.leftover_rounds
     assert lab.counts["gc_failures"] == 0 and lab.counts["add_failures"] == 0, lab.counts
+
+
+def test_interrupted_saves_are_removed_by_del_and_gc(node) -> None:
+    """A flannel ADD killed between writing its saved config's temp file and the rename leaves
+    .<id>.tmp.<pid> (found by the 1,000-crash run): the container's DEL removes it, and so does
+    a GC that does not name the container."""
+    lab = CrashLab(node, kind="flannel")
+    for name in (".ghost.tmp.7", ".gone.tmp.8"):
+        node.write_file(f"/var/lib/cni/flannel/{name}", '{"type":')
+    assert lab.leftovers()["saved_configs"] == [".ghost.tmp.7", ".gone.tmp.8"]
+    assert lab._chain_del("ghost", "")
+    assert lab.leftovers()["saved_configs"] == [".gone.tmp.8"]
+    lab.gc([("keep", "eth0")])
+    assert lab.counts["gc_failures"] == 0, lab.counts
+    assert not any(lab.leftovers().values()), lab.leftovers()

@@ -176,6 +176,20 @@ def test_saved_conf_is_private_and_atomic(tmp_path: Any) -> None:
     assert saved_conf.load(d, "c1") is None
 
 
+def test_interrupted_saves_go_with_their_container(tmp_path: Any) -> None:
+    """A save SIGKILLed before its rename leaves .<id>.tmp.<pid> (found by crash injection):
+    the container's DEL removes it, and GC sees the container through it."""
+    d = str(tmp_path / "flannel")
+    saved_conf.save(d, "a.b", b"{}")
+    for name in (".a.b.tmp.41", ".gone.tmp.42", ".a.b.tmp.x"):
+        open(os.path.join(d, name), "w").close()
+    assert saved_conf.container_ids(d) == ["a.b"]
+    assert saved_conf.container_ids(d, interrupted=True) == ["a.b", "gone"]
+    saved_conf.remove(d, "a.b")
+    saved_conf.remove(d, "gone")
+    assert sorted(os.listdir(d)) == [".a.b.tmp.x"]  # not a temp file name of ours: left alone
+
+
 def test_save_failure_is_io_error(tmp_path: Any) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
