@@ -10,6 +10,7 @@ import os
 
 DEFAULT_PATH = "/var/log/cni-flannel.log"
 _NAME = "cni-flannel"
+FORMAT = "%(asctime)s %(process)d %(levelname)s %(message)s"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def logger() -> "logging.Logger":
             old.close()
         try:
             handler: logging.Handler = logging.FileHandler(path)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
+            handler.setFormatter(logging.Formatter(FORMAT))
         except OSError:
             handler = logging.NullHandler()
         log.addHandler(handler)
@@ -39,3 +40,22 @@ def logger() -> "logging.Logger":
         log.propagate = False
         log._cni_path = path  # type: ignore[attr-defined]
     return log
+
+
+def warm_up() -> None:
+    """Format one line now (the resident agent, before it forks): the first one in a process
+    loads the time zone and compiles the format's checks, ~1 ms that no worker should pay."""
+    import logging
+
+    logging.Formatter(FORMAT).format(logging.LogRecord(_NAME, logging.INFO, __file__, 0, "warm", None, None))
+
+
+def forget() -> None:
+    """Close the log file (a resident worker's next caller may live in another mount namespace)."""
+    import logging
+
+    log = logging.getLogger(_NAME)
+    for old in list(log.handlers):
+        log.removeHandler(old)
+        old.close()
+    log._cni_path = None  # type: ignore[attr-defined]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Dict, List, Sequence
+import threading
+from typing import Dict, List, Optional, Sequence
 
 from cni_flannel.cni.errors import InternalError, TryAgainLater
 from cni_flannel.cni.procenv import clean_env
@@ -44,9 +45,8 @@ class Runner:
             # posix_spawn (vfork) instead of fork: an absolute executable, close_fds=False (our
             # descriptors are all close-on-exec, PEP 446) and no cwd= let subprocess use it.  A fork
             # of a big process (an agent worker) copies its page tables: 10-20 ms per exec measured.
-            proc = subprocess.run(full, executable=_which(full[0], env["PATH"]), input=stdin.encode(),
-                                  capture_output=True, env=env, timeout=TIMEOUT, close_fds=False,
-                                  cwd=None if _cwd_is_root() else "/")
+            proc = _spawn_and_wait(full, _which(full[0], env["PATH"]), stdin.encode(), env,
+                                   None if _cwd_is_root() else "/")
         except FileNotFoundError:
             raise InternalError(f"{full[0]} not found; install iptables/nftables on the node",
                                 details=f"PATH={child_env()['PATH']}") from None
@@ -59,7 +59,38 @@ class Runner:
         return done
 
 
+def _spawn_and_wait(argv: List[str], executable: str, data: bytes, env: Dict[str, str],
+                    cwd: Optional[str]) -> subprocess.CompletedProcess:
+    """subprocess.run(..., timeout=TIMEOUT) without its polling: with a timeout, run() waits for
+    the exit in a sleep loop (1, 2, 4 ms...), which cost 1-3 ms per command after its output had
+    ended.  Here the wait blocks in waitpid and a timer kills a command that overstays."""
+    proc = subprocess.Popen(argv, executable=executable, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, close_fds=False, cwd=cwd)
+    expired = threading.Event()
+
+    def overstayed() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(TIMEOUT, overstayed)
+    timer.daemon = True
+    timer.start()
+    try:
+        out, err = proc.communicate(data)
+    finally:
+        timer.cancel()
+        timer.join()  # (an agent worker going home must be single-threaded)
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(argv, TIMEOUT)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 _found: Dict[str, str] = {}
+
+
+def forget() -> None:
+    """Drop the tool paths found so far (a resident worker's next caller may see other files)."""
+    _found.clear()
 
 
 def _cwd_is_root() -> bool:

@@ -75,15 +75,44 @@ def rule_spec(rule: Rule) -> str:
     return " ".join(parts)
 
 
+_SHLEX_SPACE = ("", " ", "\t", "\r", "\n")  # shlex's whitespace (and "nothing": start or end of text)
+_OTHER_SPACE = re.compile(r"[^\S \t\r\n]")  # whitespace str.split() splits on and shlex does not
+
+
 @functools.lru_cache(maxsize=4096)
 def tokens(spec: str) -> Optional[Tokens]:
     """Split a rule spec like iptables-restore does; None for text we cannot parse."""
-    if '"' not in spec and "'" not in spec and "\\" not in spec:
-        return tuple(spec.split())  # the common case, ~20x faster than shlex
+    if "'" not in spec and "\\" not in spec and not _OTHER_SPACE.search(spec):
+        if '"' not in spec:
+            return tuple(spec.split())  # the common case, ~20x faster than shlex
+        quoted = _double_quoted(spec)  # iptables-save's --comment "a b": still no shlex
+        if quoted is not None:
+            return quoted
     try:
         return tuple(shlex.split(spec))
     except ValueError:
         return None
+
+
+def _double_quoted(spec: str) -> Optional[Tokens]:
+    """shlex.split for a spec whose only quoting is whole double-quoted words (no backslash, no
+    single quote): the text between quotes is one token.  None when a quote touches other text
+    (a"b c"d) or is unbalanced: shlex decides those."""
+    parts = spec.split('"')
+    if len(parts) % 2 == 0:
+        return None
+    out: List[str] = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            before, after = parts[i - 1], parts[i + 1]
+            if before[-1:] not in _SHLEX_SPACE or after[:1] not in _SHLEX_SPACE:
+                return None
+            if (not before and i > 1) or (not after and i + 2 < len(parts)):  # "a""b": one word
+                return None
+            out.append(part)
+        else:
+            out.extend(part.split())
+    return tuple(out)
 
 
 def _option(toks: Optional[Tokens], *flags: str) -> Optional[str]:

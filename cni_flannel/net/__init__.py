@@ -20,7 +20,9 @@ def warm_up() -> None:
     A forked worker that later joins a caller's mount namespace may no longer
     reach our files, so nothing may be imported lazily after that.
     """
-    from cni_flannel.net import _nl, handle  # noqa: F401
+    from cni_flannel.net import _nl, handle, ns
+
+    ns.libc()
 
     for kind in ("link", "addr", "route", "neigh"):
         _nl.new(kind).encode()

@@ -270,3 +270,31 @@ def test_worker_dies_with_a_killed_caller(node: Any, pod: Any) -> None:
     assert not [n for n in names if n.startswith("10.")], names  # the step after the delay never ran
     assert "bridge ADD k killed: the caller hung up" in agent_requests(node)
     assert agent.poll() is None
+
+
+def test_a_worker_serves_callers_one_after_another(node: Any, pod: Any) -> None:
+    """A worker done with a request waits for the next caller instead of exiting (no fork and no
+    copy-on-write faults for that one), and each caller still gets its own namespaces: the
+    bridge lands in whichever network namespace the caller is in."""
+    from tests.conftest import AGENT_LOG
+
+    start_agent(node)
+    alt = f"{node.netns}-alt"
+    node.lab.add_finalizer(lambda: remove_netns(alt))
+    subprocess.run(["ip", "netns", "add", alt], check=True)
+    conf = {"cniVersion": "1.0.0", "name": "alt", "type": "bridge", "bridge": "cni9", "isGateway": True,
+            "ipam": {"type": "host-local", "subnet": "10.244.9.0/24"}}
+    p = pod()
+    for i, netns in enumerate([f"/run/netns/{alt}", node.path] * 3):
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}", "CNI_NETNS": p.path, "CNI_IFNAME": f"eth{i}",
+               "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        done = subprocess.run(["nsenter", f"--net={netns}", f"--mount={node.mnt}", "--", "/opt/cni/bin/bridge"],
+                              input=json.dumps(conf).encode(), env=env, capture_output=True)
+        assert done.returncode == 0, done
+    assert subprocess.run(["ip", "-n", alt, "link", "show", "cni9"], capture_output=True).returncode == 0
+    assert node.run(["ip", "link", "show", "cni9"], check=False).returncode == 0
+    assert len(node.run(["ip", "-br", "link", "show", "master", "cni9"]).stdout.splitlines()) == 3
+    lines = [line for line in node.read_file(AGENT_LOG).splitlines() if " bridge ADD " in line]
+    assert len(lines) == 6, lines
+    pids = {re.match(r"cni-flannel agent\[(\d+)\]", line).group(1) for line in lines}  # type: ignore[union-attr]
+    assert len(pids) < len(lines), f"every request had a worker of its own: {lines}"

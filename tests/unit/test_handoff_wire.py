@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cni_flannel.agent import server
+from cni_flannel.agent import worker
 from cni_flannel.cni import wire
 
 FUZZ = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -80,8 +80,8 @@ def test_agent_worker_refuses_every_malformed_or_fd_less_request(data: bytes) ->
     try:
         theirs.sendall(data)
         theirs.shutdown(socket.SHUT_WR)
-        with pytest.raises(server.Refusal):
-            server._receive(ours)
+        with pytest.raises(worker.Refusal):
+            worker._receive(ours)
     finally:
         ours.close()
         theirs.close()
@@ -93,8 +93,8 @@ def test_oversized_frames_are_refused_before_reading_them() -> None:
     ours, theirs = socket.socketpair()
     try:
         theirs.sendall((wire.MAX_FRAME + 1).to_bytes(4, "big"))  # and nothing else: no 16 MB wait
-        with pytest.raises(server.Refusal, match="exceeds"):
-            server._receive(ours)
+        with pytest.raises(worker.Refusal, match="exceeds"):
+            worker._receive(ours)
     finally:
         ours.close()
         theirs.close()
