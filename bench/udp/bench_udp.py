@@ -124,9 +124,10 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
 
 
 def show_profile(prefix: str, top: int = 14) -> Dict[str, List[str]]:
-    """Print and save (bench/results/profile/udp-<node>.<thread>.txt) each thread's CPU profile;
-    the raw cProfile dumps are removed."""
+    """Print and save (bench/results/profile/udp-<node>.<thread>.txt, and all four threads in
+    bench/results/udp-profile.txt) each thread's CPU profile; the raw cProfile dumps are removed."""
     out: Dict[str, List[str]] = {}
+    combined: List[str] = []
     for path in sorted(Path(prefix).parent.glob(Path(prefix).name + ".*")):
         if path.suffix == ".txt":
             continue
@@ -140,7 +141,13 @@ def show_profile(prefix: str, top: int = 14) -> Dict[str, List[str]]:
         out[name] = lines
         print(f"\n{head}\n" + "\n".join(lines))
         (PROFILE_DIR / f"{name}.txt").write_text(head + "\n" + "\n".join(lines) + "\n")
+        combined += [head, *lines, ""]
         path.unlink()
+    note = ("# bench/udp/bench_udp.py --profile: the forwarding threads under cProfile (CPU time;\n"
+            "# n1 sends the iperf3 stream: tun2udp encapsulates it, udp2tun carries its ACKs back;\n"
+            "# n2 receives: udp2tun decapsulates, tun2udp sends the ACKs). cProfile inflates the\n"
+            "# cost of Python calls; the unprofiled CPU per packet is in the bench JSON.\n")
+    (PROFILE_DIR.parent / "udp-profile.txt").write_text(note + "\n".join(combined))
     return out
 
 

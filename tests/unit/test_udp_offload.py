@@ -1,14 +1,10 @@
-"""The offload fast path's packet work: TSO super-packets cut into wire packets, partial
-checksums completed, GRO trains merged back into TSO writes (no root, no sockets)."""
+"""The offload path's packet work: partial checksums completed (no root, no sockets); the
+IPv4/TCP packet builders here serve tests/unit/test_udp_gro.py too."""
 from __future__ import annotations
 
-import random
 import struct
 
-import pytest
-
 from cni_flannel.daemon.udp import offload as O
-from cni_flannel.daemon.udp.packet import check_ipv4
 from tests.unit.test_udp_packet import slow_checksum
 
 SRC, DST = bytes([10, 244, 1, 2]), bytes([10, 244, 2, 2])
@@ -41,41 +37,6 @@ def tcp_fields(pkt: bytes):
     thl = (pkt[ihl + 12] >> 4) * 4
     return {"seq": int.from_bytes(pkt[ihl + 4:ihl + 8], "big"), "flags": pkt[ihl + 13],
             "id": int.from_bytes(pkt[4:6], "big"), "ttl": pkt[8], "payload": bytes(pkt[ihl + thl:])}
-
-
-def split(out: bytearray, seg: int, total: int):
-    return [bytes(out[o:min(o + seg, total)]) for o in range(0, total, seg)]
-
-
-@pytest.mark.parametrize("size, mss", [(14200, 1420), (14201, 1420), (1, 1420), (65000, 1448), (3000, 999)])
-def test_segment_tcp4_cuts_a_super_packet_into_valid_wire_packets(size, mss):
-    payload = random.Random(size).randbytes(size)
-    sup = tcp_packet(payload, seq=0xFFFFF000, flags=0x18 | 0x01)  # PSH|FIN, and a wrapping sequence
-    out = bytearray(O.MAX_GSO_SEGMENTS * 128 + 65536)
-    seg, total = O.segment_tcp4(memoryview(sup), len(sup), mss, out)
-    packets = split(out, seg, total)
-    assert len(packets) == -(-size // mss)
-    assert b"".join(tcp_fields(p)["payload"] for p in packets) == payload
-    for i, p in enumerate(packets):
-        assert check_ipv4(p, len(p)) is None, f"IP header of packet {i}"
-        ihl = 20
-        assert int.from_bytes(p[ihl + 16:ihl + 18], "big") in (tcp_checksum(p), 0xFFFF if tcp_checksum(p) == 0 else -1)
-        f = tcp_fields(p)
-        assert f["seq"] == (0xFFFFF000 + i * mss) & 0xFFFFFFFF and f["id"] == 7 + i and f["ttl"] == 63
-        last = i == len(packets) - 1
-        assert f["flags"] == (0x19 if last else 0x10)
-        assert len(p) == (total - seg * (len(packets) - 1) if last else seg)
-
-
-def test_segment_tcp4_refuses_what_it_cannot_cut():
-    out = bytearray(200000)
-    good = tcp_packet(b"x" * 3000)
-    assert O.segment_tcp4(memoryview(tcp_packet(b"x" * 3000, ttl=1)), len(good), 1000, out) == (0, 0)
-    udp = bytearray(good)
-    udp[9] = 17
-    assert O.segment_tcp4(memoryview(udp), len(udp), 1000, out) == (0, 0)
-    assert O.segment_tcp4(memoryview(good), 30, 1000, out) == (0, 0)
-    assert O.segment_tcp4(memoryview(good), len(good), 10, out) == (0, 0)  # > 64 packets
 
 
 def test_complete_csum_finishes_a_partial_checksum():

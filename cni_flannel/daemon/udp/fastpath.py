@@ -18,6 +18,7 @@ Everything else (validation, peer table, TTL, unreachable, counters) is the plai
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import struct
@@ -25,7 +26,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from cni_flannel.daemon.udp import counters as C
-from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed, inbound_drop
+from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed, from_peers, inbound_drop
 from cni_flannel.daemon.udp.gro import run_iov, tcp_runs, tso_header
 from cni_flannel.daemon.udp.offload import (SOL_UDP, UDP_GRO, UDP_SEGMENT, VIRTIO_NET_HDR_F_NEEDS_CSUM,
                                             VNET_HDR_LEN, complete_csum)
@@ -124,11 +125,8 @@ class OffloadForwarder(Forwarder):
     def _udp_to_tun(self) -> None:
         buf = bytearray(BUFSIZE)
         mv = memoryview(buf)
-        bufs = [buf]
-        recvmsg = self.sock.recvmsg_into
+        recv = functools.partial(self.sock.recvmsg_into, [buf], socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
         writev = os.writev
-        cmsg_space = socket.CMSG_SPACE(4)
-        dontwait = socket.MSG_DONTWAIT
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
 
         def write(fd: int, off: int, size: int, count: int, n: int, step: int, drops: Dict[str, int]) -> int:
@@ -156,18 +154,7 @@ class OffloadForwarder(Forwarder):
 
         def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int, int]:
             packets = nbytes = batched = 0
-            sources = table.sources
-            while True:
-                try:
-                    n, anc, _, src = recvmsg(bufs, cmsg_space, dontwait)
-                except BlockingIOError:
-                    break
-                except OSError:  # ICMP port unreachable from a peer reported on this socket
-                    drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
-                    continue
-                if src[0] not in sources:
-                    drops[C.UNKNOWN_SOURCE] = drops.get(C.UNKNOWN_SOURCE, 0) + 1
-                    continue
+            for n, anc, _, _ in from_peers(recv, table.sources, drops):
                 gso = 0
                 for level, kind, data in anc:
                     if level == SOL_UDP and kind == UDP_GRO:

@@ -23,6 +23,7 @@ every packet is either forwarded or counted as a drop with its reason.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -31,7 +32,7 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Container, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.packet import (Buffer, check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT,
@@ -214,25 +215,13 @@ class Forwarder:
     def _udp_to_tun(self) -> None:
         buf = bytearray(BUFSIZE)
         mv = memoryview(buf)
-        recv = self.sock.recvfrom_into
+        recv = functools.partial(self.sock.recvfrom_into, buf, BUFSIZE, socket.MSG_DONTWAIT)
         write = os.write
-        dontwait = socket.MSG_DONTWAIT
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
 
         def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
             packets = nbytes = 0
-            sources = table.sources
-            while True:
-                try:
-                    n, src = recv(buf, BUFSIZE, dontwait)
-                except BlockingIOError:
-                    break
-                except OSError:  # ICMP port unreachable from a peer reported on this socket
-                    drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
-                    continue
-                if src[0] not in sources:
-                    drops[C.UNKNOWN_SOURCE] = drops.get(C.UNKNOWN_SOURCE, 0) + 1
-                    continue
+            for n, _ in from_peers(recv, table.sources, drops):
                 why = inbound_drop(mv, n, own_net, own_mask, mtu)
                 if why is not None:
                     drops[why] = drops.get(why, 0) + 1
@@ -248,6 +237,25 @@ class Forwarder:
             return packets, nbytes
 
         self._pump(self._udp_wakeups(), self.counters.udp_to_tun, drain)
+
+
+def from_peers(recv: Callable[[], Tuple[Any, ...]], sources: Container[str],
+               drops: Dict[str, int]) -> Iterator[Tuple[Any, ...]]:
+    """What ``recv`` (recvfrom_into / recvmsg_into, non-blocking; the sender's address last)
+    returns for each datagram from a peer's PublicIP, until the socket is empty; errors and
+    other senders are counted as drops."""
+    while True:
+        try:
+            got = recv()
+        except BlockingIOError:
+            return
+        except OSError:  # ICMP port unreachable from a peer reported on this socket
+            drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + 1
+            continue
+        if got[-1][0] not in sources:
+            drops[C.UNKNOWN_SOURCE] = drops.get(C.UNKNOWN_SOURCE, 0) + 1
+            continue
+        yield got
 
 
 def inbound_drop(p: Buffer, size: int, own_net: int, own_mask: int, mtu: int) -> Optional[str]:

@@ -32,26 +32,25 @@ ACK, PSH = 0x10, 0x08
 MAX_IP_PACKET = 65535
 _SEQ_MOD = 1 << 32
 
-# Per segment: total length, sequence number and flags (the fields a run changes on purpose).
+# Per segment: total length, sequence number and flags (the fields a run changes on purpose),
+# and the header pieces between the fields a run may change (length, id, IP checksum, sequence
+# number, flags, TCP checksum), which must repeat the first segment's.
 _VARYING = "2xH20xI5xB"          # 34 bytes: up to the TCP flags
-# Header bytes a run's segments may differ in: total length, id, IP checksum, sequence number,
-# flags, TCP checksum.  Everything else must equal the first segment's header.
-_FREE = (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 33, 36, 37)
+_SAME = "2s4x4s2x12s4x5s1x2s2x"  # 40 bytes, then the urgent pointer and options
+_PIECES = 6
 _VNET = struct.Struct("<BBHHHH")
-_cache: Dict[Tuple[int, int, int], Tuple[struct.Struct, struct.Struct, int]] = {}
+_cache: Dict[Tuple[int, int, int], Tuple[struct.Struct, struct.Struct]] = {}
 
 
-def _readers(step: int, hl: int, count: int) -> Tuple[struct.Struct, struct.Struct, int]:
+def _readers(step: int, hl: int, count: int) -> Tuple[struct.Struct, struct.Struct]:
     """For ``count`` segments ``step`` bytes apart with ``hl``-byte headers: a Struct reading
-    every header whole, one reading every segment's (length, seq, flags), and the mask of the
-    bytes that must repeat, as one big number over the joined headers."""
+    every segment's (length, seq, flags), and one reading the pieces that must repeat."""
     key = (step, hl, count)
     r = _cache.get(key)
     if r is None:
-        whole = struct.Struct("=" + f"{step - hl}x".join([f"{hl}s"] * count))
         varying = struct.Struct("!" + f"{step - 34}x".join([_VARYING] * count))
-        one = bytes(0 if i in _FREE else 0xFF for i in range(hl))
-        r = (whole, varying, int.from_bytes(one * count, "big"))
+        same = struct.Struct("!" + f"{step - hl}x".join([f"{_SAME}{hl - 38}s"] * count))
+        r = (varying, same)
         if len(_cache) > 256:  # MSS, option sizes and counts vary little; never grow unbounded
             _cache.clear()
         _cache[key] = r
@@ -70,12 +69,11 @@ def _run_length(buf: Buffer, n: int, step: int, first: int, count: int) -> int:
     k = count - first if last_size > hl else count - first - 1  # a bare header cannot join
     if thl < 20 or hl >= step or k < 2:
         return 1
-    whole, varying, mask = _readers(step, hl, k)
+    varying, same = _readers(step, hl, k)
     limit = k
-    headers = whole.unpack_from(buf, off)
-    diff = (int.from_bytes(b"".join(headers), "big") ^ int.from_bytes(headers[0] * k, "big")) & mask
-    if diff:  # the highest differing bit is in the first segment that breaks the rule
-        limit = (k * hl * 8 - diff.bit_length()) // (hl * 8)
+    pieces = same.unpack_from(buf, off)
+    if pieces != pieces[:_PIECES] * k:  # one compare for all: found, then where it breaks
+        limit = next(i for i in range(len(pieces)) if pieces[i] != pieces[i % _PIECES]) // _PIECES
     t = varying.unpack_from(buf, off)
     # each IP length must be its datagram's: ``step``, or ``last_size`` for the buffer's last
     lens = t[0::3]
