@@ -9,9 +9,12 @@ from typing import Any, Dict
 
 import pytest
 
+from tests.harness.etcd import etcd_factory  # noqa: F401 - fixture
 from tests.harness.exec import run_plugin
 from tests.harness.state import node_state
-from tests.integration.flannel_node import SUBNET_ENV
+from tests.harness.wait import wait_until
+from tests.integration.flannel_node import SUBNET_ENV, flannel_node
+from tests.integration.flanneld_lab import PREFIX, EtcdNode, Flanneld, http_get, subnet_env, vtep
 
 IPAM = {"type": "host-local", "ranges": [[{"subnet": "10.247.0.0/24"}]]}
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "x"}],
@@ -119,3 +122,41 @@ def test_flannel_with_ifname_lo_rolls_back_completely(node, pod) -> None:
     assert "/var/lib/cni/flannel/lo1" not in after["files"], after["files"]
     assert [l for l in after["links"].splitlines() if "veth" in l] == []
     assert after["files"].count("/var/lib/cni/networks/cbr0/10.") == before["files"].count("/var/lib/cni/networks/cbr0/10.")
+
+
+# --- hostile peers in etcd (the frozen flanneld) ------------------------------------------------
+
+def peer_value(public_ip: str, mac: str, **extra: Any) -> str:
+    return json.dumps({"PublicIP": public_ip, "PublicIPv6": None, "BackendType": "vxlan",
+                       "BackendData": {"VNI": 1, "VtepMAC": mac}, **extra})
+
+
+def test_hostile_peer_leases_are_refused_and_flanneld_goes_on(make_node, etcd_factory) -> None:
+    """Peers' lease values in etcd: one claiming a /25 of OUR subnet (its route would take half of
+    our pods' traffic), one for a network holding ours, a 1 MiB value that is not JSON and a 1 MiB
+    valid one.  flanneld programs none of the first three, keeps running, no traceback; a normal
+    peer written after them (the same watch stream, in order) is programmed."""
+    etcd = EtcdNode(make_node, etcd_factory)
+    node = flannel_node(make_node("n1", underlay=True), subnet_env=None)
+    daemon = Flanneld(node, etcd.endpoint).start().ready()
+    own = subnet_env(node)["FLANNEL_SUBNET"].rsplit(".", 1)[0]  # 10.244.N
+    hostile = {f"{own}.128-25": peer_value("198.18.0.50", "0a:00:00:00:00:50"),
+               "10.0.0.0-8": peer_value("198.18.0.51", "0a:00:00:00:00:51"),
+               "10.244.200.0-24": "x" * (1 << 20),
+               "10.244.201.0-24": peer_value("198.18.0.53", "0a:00:00:00:00:53", Padding="y" * (1 << 20))}
+    for key, value in hostile.items():
+        etcd.server.put(f"{PREFIX}/subnets/{key}", value)
+    etcd.server.put(f"{PREFIX}/subnets/10.244.202.0-24", peer_value("198.18.0.54", "0a:00:00:00:00:54"))
+    wait_until(lambda: ("10.244.202.0/24", "10.244.202.0") in vtep(node)["routes"], 20,
+               "the normal peer's route")
+    routes = [dst for dst, _ in vtep(node)["routes"]]
+    assert f"{own}.128/25" not in routes and "10.0.0.0/8" not in routes and "10.244.200.0/24" not in routes, routes
+    assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
+    assert http_get(node, "/healthz")[0] == 200
+    log = daemon.log()
+    assert "Traceback" not in log
+    for refused in (f"{own}.128/25", "10.0.0.0/8"):
+        assert f"refusing peer {refused} (" in log and "overlaps this node's own subnet" in log, log[-3000:]
+    assert "ignoring put of /coreos.com/network/subnets/10.244.200.0-24: lease value is not JSON" in log
+    # a 1 MiB lease that is valid JSON is just a lease (its unknown field ignored)
+    assert ("10.244.201.0/24", "10.244.201.0") in vtep(node)["routes"]
