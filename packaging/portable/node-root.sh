@@ -27,15 +27,10 @@ if [[ -f $STAMP ]]; then
     say "$ROOT is ready ($(cat "$STAMP"))"
     exit 0
 fi
-say "debootstrap --variant=minbase $SUITE from $MIRROR into $ROOT"
-grep -qF " $ROOT/" /proc/self/mountinfo && die "something is mounted under $ROOT: unmount it first"
-rm -rf "$ROOT"
-debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
-    || { tail -20 "$ROOT.debootstrap.log" >&2; die "debootstrap failed (log: $ROOT.debootstrap.log)"; }
+ensure_debootstrap "$ROOT"
 rm -rf "$ROOT/var/cache/apt/archives/"*.deb
 if compgen -G "$ROOT/usr/bin/python*" >/dev/null || compgen -G "$ROOT/usr/lib/python3*" >/dev/null; then
+    rm -f "$STAMP"
     die "$ROOT unexpectedly contains Python"
 fi
-mkdir -p "$(dirname "$STAMP")"
 echo "$SUITE $MIRROR glibc $(chroot "$ROOT" getconf GNU_LIBC_VERSION | cut -d' ' -f2)" >"$STAMP"
-say "made $ROOT ($(du -sh "$ROOT" | cut -f1), $(cat "$STAMP"))"
