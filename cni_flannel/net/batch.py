@@ -134,7 +134,7 @@ class Batch:
         result: List[Optional[int]] = [None] * len(messages)
         pending = len(messages)
         while pending:
-            data = self._sock.recv(_rtnl.RECV_SIZE)
+            data = _rtnl.receive(self._sock)
             for mtype, seq, start, _end in _rtnl.walk(data):
                 if mtype == NLMSG_ERROR and first <= seq < first + len(messages):
                     if result[seq - first] is None:

@@ -174,8 +174,10 @@ class _FakeSock:
     def __init__(self, *chunks):
         self.chunks = list(chunks)
 
-    def recv(self, n):
-        return self.chunks.pop(0)
+    def recv_into(self, buf):
+        chunk = self.chunks.pop(0)
+        buf[:len(chunk)] = chunk
+        return len(chunk)
 
 
 def _hdr(mtype, seq, payload=b""):
