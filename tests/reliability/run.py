@@ -140,7 +140,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="100 fuzz cases, 60 crashes: a smoke run")
     ap.add_argument("--rounds", type=int, default=10, help="storm rounds per row (implementation x backend)")
     ap.add_argument("--storm-pods", type=int, default=110, help="storm pods per round (the kubelet's maximum: 110)")
-    ap.add_argument("--storm-minutes", type=float, default=0, help="stop each storm row after this long (0: never)")
+    ap.add_argument("--storm-minutes", type=float, default=20,
+                    help="start no new storm round in a row after this long (0: never; keeps make reliability bounded)")
     ap.add_argument("--impl", action="append", choices=list(storm_part.IMPLEMENTATIONS), help="storm rows of these only")
     ap.add_argument("--backend", action="append", choices=["iptables-nft", "iptables-legacy", "nftables"],
                     help="storm rows on these firewall backends only")
