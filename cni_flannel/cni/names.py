@@ -6,7 +6,7 @@ import re
 
 from .errors import InvalidConfig, InvalidEnvironment
 
-_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # fullmatch: "$" would let a trailing "\n" through
 MAX_IFNAME = 15  # IFNAMSIZ - 1, in bytes
 _KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")
 
@@ -14,7 +14,7 @@ _KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")
 def validate_container_id(cid: str) -> None:
     if not cid:
         raise InvalidEnvironment("missing containerID", "CNI_CONTAINERID must be set")
-    if not _ID.match(cid):
+    if not _ID.fullmatch(cid):
         raise InvalidEnvironment(
             f"invalid characters in containerID {cid!r}",
             "it must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
@@ -24,7 +24,7 @@ def validate_container_id(cid: str) -> None:
 def validate_network_name(name: str) -> None:
     if not isinstance(name, str) or not name:
         raise InvalidConfig("missing network name", 'the config needs a "name"')
-    if not _ID.match(name):
+    if not _ID.fullmatch(name):
         raise InvalidConfig(
             f"invalid characters in network name {name!r}",
             "it must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",

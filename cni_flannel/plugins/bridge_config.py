@@ -90,7 +90,7 @@ def _int(raw: Dict[str, Any], key: str) -> int:
 
 
 def _mac(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _MAC.match(value):
+    if not isinstance(value, str) or not _MAC.fullmatch(value):  # not match: "$" passes a trailing "\n"
         raise _bad(f"invalid MAC address {value!r} in {where}",
                    "use six colon-separated hex bytes, e.g. 0a:58:0a:f4:01:02")
     if int(value[:2], 16) & 1:

@@ -32,8 +32,20 @@ def portmap_conf(mappings: Any = None, **over: Any) -> Dict[str, Any]:
             "prevResult": PREV, **over}
 
 
+def bridge_conf(**over: Any) -> Dict[str, Any]:
+    return {"cniVersion": "1.0.0", "name": "hb", "type": "bridge", "bridge": "cni0", "isGateway": True,
+            "ipMasq": True, "macspoofchk": True, "ipam": IPAM, **over}
+
+
 HOSTILE = [
     # (id, plugin, config, expected code)
+    # a trailing newline passed re's "^...$" (its "$" matches before it): names, comments, nft -f
+    ("bridge-network-name-newline", "bridge", bridge_conf(name="hb\n"), 7),
+    ("bridge-network-name-comment-injection", "bridge", bridge_conf(name='hb" -j ACCEPT'), 7),
+    ("bridge-runtime-mac-newline", "bridge", bridge_conf(runtimeConfig={"mac": "0a:58:0a:f4:01:02\n"}), 7),
+    ("bridge-name-traversal", "bridge", bridge_conf(bridge="../x"), 7),
+    ("bridge-name-control-chars", "bridge", bridge_conf(bridge="br\u0085x"), 7),
+    ("portmap-network-name-newline", "portmap", portmap_conf(name="pm\n"), 7),
     ("flannel-datadir-relative", "flannel", flannel_conf(dataDir="../../etc"), 7),
     ("flannel-subnetfile-relative", "flannel", flannel_conf(subnetFile="../../etc/shadow"), 7),
     ("flannel-subnetfile-dev-zero", "flannel", flannel_conf(subnetFile="/dev/zero"), 7),
@@ -64,6 +76,31 @@ def test_hostile_config_is_refused_and_changes_nothing(node, pod, case) -> None:
     p = pod()
     before = node_state(node)
     done = run_plugin(plugin, "ADD", config, node=node, netns=p.path, container_id="hostile")
+    assert done.rc == 1 and isinstance(done.json, dict), (done.rc, done.stdout, done.stderr)
+    assert done.json["code"] == code, done.json
+    assert "Traceback" not in done.stderr
+    assert node_state(node) == before
+
+
+ENV_HOSTILE = [
+    # (id, plugin, config, container ID, ifname, expected code)
+    ("containerid-newline", "bridge", bridge_conf(), "hostile\n", "eth0", 4),
+    ("containerid-newline-injection", "host-local", {"cniVersion": "1.0.0", "name": "hl", "type": "host-local",
+                                                     "ipam": IPAM}, "c\n-A INPUT -j ACCEPT", "eth0", 4),
+    ("containerid-traversal", "flannel", flannel_conf(), "../../../etc/passwd", "eth0", 4),
+    ("ifname-traversal", "bridge", bridge_conf(), "hostile", "../../x", 4),
+    ("ifname-17-bytes-in-9-chars", "bridge", bridge_conf(), "hostile", "\u00e9" * 8 + "x", 4),
+    ("ifname-kernel-space-byte", "bridge", bridge_conf(), "hostile", "eth\u0120", 4),
+]
+
+
+@pytest.mark.parametrize("case", ENV_HOSTILE, ids=[c[0] for c in ENV_HOSTILE])
+def test_hostile_environment_is_refused_and_changes_nothing(node, pod, case) -> None:
+    _, plugin, config, cid, ifname, code = case
+    node.write_file("/run/flannel/subnet.env", SUBNET_ENV)
+    p = pod()
+    before = node_state(node)
+    done = run_plugin(plugin, "ADD", config, node=node, netns=p.path, container_id=cid, ifname=ifname)
     assert done.rc == 1 and isinstance(done.json, dict), (done.rc, done.stdout, done.stderr)
     assert done.json["code"] == code, done.json
     assert "Traceback" not in done.stderr

@@ -63,6 +63,7 @@ BAD = [
     ({"disableContainerInterface": True}, "disableContainerInterface cannot be used with IPAM"),
     ({"runtimeConfig": {"mac": "zz:zz:zz:zz:zz:zz"}}, "invalid MAC address 'zz:zz:zz:zz:zz:zz' in runtimeConfig.mac"),
     ({"args": {"cni": {"mac": "01:00:5e:00:00:01"}}}, "is a multicast address"),
+    ({"runtimeConfig": {"mac": "0a:58:0a:f4:01:02\n"}}, "invalid MAC address"),  # "$" lets "\n" through
 ]
 
 

@@ -74,6 +74,19 @@ def test_bad_ifnames(name: str) -> None:
     assert interface_name_problem(name) != ""
 
 
+@pytest.mark.parametrize("value", ["abc\n", "abc\r", "abc\n-A INPUT -j ACCEPT", "\nabc", "ab c", "../x"])
+def test_ids_and_network_names_with_newlines_are_refused(value: str) -> None:
+    """A trailing newline passed the old "^...$" pattern (re's "$" matches before it); the ID and
+    the name end up in file names, iptables-restore lines and nft -f scripts."""
+    from cni_flannel.cni.errors import InvalidConfig, InvalidEnvironment
+    from cni_flannel.cni.names import validate_container_id, validate_network_name
+
+    with pytest.raises(InvalidEnvironment):
+        validate_container_id(value)
+    with pytest.raises(InvalidConfig):
+        validate_network_name(value)
+
+
 # -- env ----------------------------------------------------------------------
 
 
