@@ -24,6 +24,7 @@ from typing import Any, Dict, List
 
 from tests.harness.netns import Lab
 from tests.harness.plugins import REPO_ROOT, plugin_dir, reference_dir
+from tests.reliability import daemon_restart
 from tests.reliability import storm as storm_part
 from tests.reliability.crashes import CrashLab
 from tests.reliability.guard import Stopped, guard_labs
@@ -134,10 +135,12 @@ def main() -> int:
     ap.add_argument("--path", choices=["self-contained", "agent", "go"], help="with --part crashes: this path only")
     ap.add_argument("--pods", type=int, default=PODS, help="with --part crashes: pods crashed at once per round")
     ap.add_argument("--minutes", type=float, default=0, help="with --part crashes: stop each path after this long")
-    ap.add_argument("--part", choices=["all", "crashes", "fuzz", "storm", "table"], default="all",
+    ap.add_argument("--part", choices=["all", "crashes", "fuzz", "storm", "restart", "table"], default="all",
                     help="run one part (its rows go to reliability/results/<part>.json; 'table' joins them) "
                          "so the two can run side by side")
     ap.add_argument("--quick", action="store_true", help="100 fuzz cases, 60 crashes: a smoke run")
+    ap.add_argument("--restart-rounds", type=int, default=5,
+                    help="daemon crash-while-peers-left rounds per backend (vxlan, host-gw, udp)")
     ap.add_argument("--rounds", type=int, default=10, help="storm rounds per row (implementation x backend)")
     ap.add_argument("--storm-pods", type=int, default=110, help="storm pods per round (the kubelet's maximum: 110)")
     ap.add_argument("--storm-minutes", type=float, default=20,
@@ -168,6 +171,13 @@ def main() -> int:
     if args.part in ("all", "storm"):  # each row saved as reliability/results/storm-<impl>-<backend>.json
         storm_rows = storm_part.run_rows(RESULTS, args.rounds, args.storm_pods, seed, args.storm_minutes,
                                          args.impl, args.backend)
+    restart_rows: List[Dict[str, Any]] = []
+    if args.part in ("all", "restart"):
+        restart_rows = [daemon_restart.rounds(b, args.restart_rounds) for b in daemon_restart.BACKENDS]
+        (RESULTS / "restart.json").write_text(json.dumps(restart_rows, indent=1))
+    if args.part == "restart":
+        print(daemon_restart.table(restart_rows))
+        return 1 if any(daemon_restart.bad(r) for r in restart_rows) else 0
     if args.part == "storm":
         print(storm_part.table(storm_rows))
         return 1 if any(storm_part.bad(r) for r in storm_rows if r["impl"] != "go") else 0
@@ -180,7 +190,11 @@ def main() -> int:
         crash_rows.sort(key=lambda r: order.index(r["path"]))
         fuzz_rows = json.loads((RESULTS / "fuzz.json").read_text())
         storm_rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("storm-*.json"))]
+        if (RESULTS / "restart.json").exists():
+            restart_rows = json.loads((RESULTS / "restart.json").read_text())
     text = table(fuzz_rows, crash_rows)
+    if restart_rows:
+        text += "\n\n" + daemon_restart.table(restart_rows)
     if storm_rows:
         text += "\n\n" + storm_part.table(storm_rows)
     minutes = (time.monotonic() - started) / 60
@@ -191,7 +205,8 @@ def main() -> int:
               f"{' --part ' + args.part if args.part != 'all' else ''})")
     print(header + "\n\n" + text)
     (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
-    (RESULTS / "latest.json").write_text(json.dumps({"crashes": crash_rows, "fuzz": fuzz_rows, "storm": storm_rows}, indent=1, default=str))
+    (RESULTS / "latest.json").write_text(json.dumps({"crashes": crash_rows, "fuzz": fuzz_rows, "storm": storm_rows,
+                                                        "restart": restart_rows}, indent=1, default=str))
     ours = [r for r in crash_rows if r["path"] != "go"]
     # (a refused request fails the plugin, fallback forbidden: the failure counts are where it shows)
     agent_unproven = sum(1 for r in ours if r["path"] == "agent" and not r.get("agent_served"))
@@ -199,7 +214,8 @@ def main() -> int:
                for r in ours)
            + sum(r.get("tracebacks", 0) + r.get("changed", 0) + r.get("leaks", 0) for r in fuzz_rows)
            + sum(1 for r in fuzz_rows if r.get("pytest_rc")))
-    bad += sum(storm_part.bad(r) for r in storm_rows if r["impl"] != "go")  # Go's rows: measured, not judged
+    bad += sum(storm_part.bad(r) for r in storm_rows if r["impl"] != "go")
+    bad += sum(daemon_restart.bad(r) for r in restart_rows)  # Go's rows: measured, not judged
     enough = sum(r["crashes"] for r in ours) >= args.crashes and all(
         r.get("cases", 0) >= (args.fuzz_plugins or args.fuzz if r["target"].startswith("plugin:") else args.fuzz) * 0.9
         for r in fuzz_rows if "exec" not in r["target"])
