@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from typing import Optional
 
 from ..atomicfile import write_atomic as _write_atomic
@@ -43,14 +44,29 @@ def env_for(conf: NetConf, subnet: Optional[ipaddress.IPv4Network],
 def write(env: SubnetEnv, path: str = DEFAULT_PATH) -> bool:
     """Replace ``path`` with ``env`` atomically; False when it already held exactly that."""
     data = env.render().encode()
-    try:
-        with open(path, "rb") as f:
-            if f.read() == data and (os.fstat(f.fileno()).st_mode & 0o777) == FILE_MODE:
-                return False  # unchanged: keep its mtime, spare the disk
-    except OSError:
-        pass
-    write_atomic(path, data)
+    if _holds(path, data):
+        return False  # unchanged: keep its mtime, spare the disk
+    write_atomic(path, data)  # a rename: a planted symlink is replaced, never written through
     return True
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """``path`` is a regular file (not a symlink) with exactly ``data`` and our mode.  Opened
+    without following a link and without blocking, read only as far as ``data`` goes: a planted
+    link to /dev/zero or a FIFO costs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data) or (st.st_mode & 0o777) != FILE_MODE:
+            return False
+        return os.read(fd, len(data) + 1) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def write_subnet_file(conf: NetConf, subnet: Optional[ipaddress.IPv4Network],

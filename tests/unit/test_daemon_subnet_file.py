@@ -114,3 +114,47 @@ def test_unchanged_content_is_not_rewritten(tmp_path: Path) -> None:
     changed = subnet_file.env_for(conf(), V4("10.244.1.0/24"), None, 1400, True)
     assert subnet_file.write(changed, str(path)) is True
     assert subnet_env.load(str(path)).mtu == 1400
+
+
+WRITE_IN_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # the old code read /dev/zero forever
+from cni_flannel.daemon import subnet_file
+from tests.unit.daemon_doubles import netconf_of
+import ipaddress
+env = subnet_file.env_for(netconf_of(), ipaddress.IPv4Network("10.244.1.0/24"), None, 1450, True)
+print(subnet_file.write(env, sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("target", ["victim", "fifo", "/dev/zero", "same-content"])
+def test_a_planted_symlink_is_replaced_not_followed(tmp_path: Path, target: str) -> None:
+    """/run/flannel/subnet.env planted as a symlink: to a file (never written through, even when
+    it holds exactly our content), to a FIFO (must not block) or /dev/zero (must not be read).
+    In a child with a deadline and a memory cap, so a regression fails instead of hanging."""
+    import subprocess
+    import sys
+
+    env = subnet_file.env_for(conf(), V4("10.244.1.0/24"), None, 1450, True)
+    path = tmp_path / "subnet.env"
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        dest = str(tmp_path / "fifo")
+    elif target.startswith("/"):
+        dest = target
+    else:
+        victim = tmp_path / "victim"
+        victim.write_text(env.render() if target == "same-content" else "secret\n")
+        victim.chmod(0o644)
+        dest = str(victim)
+    path.symlink_to(dest)
+    root = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run([sys.executable, "-c", WRITE_IN_CHILD, str(path)], cwd=root, capture_output=True,
+                              text=True, timeout=20, env={**os.environ, "PYTHONPATH": str(root)})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"writing subnet.env over a symlink to {target} blocked")
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+    assert not path.is_symlink() and path.read_text() == env.render()
+    if not target.startswith("/") and target != "fifo":
+        assert (tmp_path / "victim").read_text() == (env.render() if target == "same-content" else "secret\n")
