@@ -65,7 +65,7 @@ def _ifname(what: str, value: str) -> Tuple[bool, str]:
         raise _bad(what, value, "must be a string")
     negated = value.startswith("!")
     name = value[1:] if negated else value
-    if not IFNAME_RE.match(name) or name in (".", ".."):
+    if not IFNAME_RE.fullmatch(name) or name in (".", ".."):
         raise _bad(what, value, "must be an interface name (a letter or digit, then letters, digits, '_', '.', '-'; at most 15)")
     return negated, name
 
@@ -77,24 +77,24 @@ class NftChainName(str):
 
 def check_chain_name(name: str) -> str:
     if isinstance(name, NftChainName):
-        if not NFT_CHAIN_RE.match(name):
+        if not NFT_CHAIN_RE.fullmatch(name):
             raise _bad("nftables chain name", str(name), "must start with a letter and use only "
                        "letters, digits, '_', '.', '-' (at most 255 characters)")
         return name
-    if not isinstance(name, str) or not CHAIN_RE.match(name):
+    if not isinstance(name, str) or not CHAIN_RE.fullmatch(name):
         raise _bad("chain name", name, "must start with a letter and use only letters, digits, "
                    "'_', '.', '-' (at most 28 characters)")
     return name
 
 
 def check_table_name(name: str) -> str:
-    if not isinstance(name, str) or not TABLE_RE.match(name):
+    if not isinstance(name, str) or not TABLE_RE.fullmatch(name):
         raise _bad("table name", name, "must start with a letter and use only letters, digits, '_', '-'")
     return name
 
 
 def check_comment(comment: str) -> str:
-    if not isinstance(comment, str) or not COMMENT_RE.match(comment):
+    if not isinstance(comment, str) or not COMMENT_RE.fullmatch(comment):
         raise _bad("comment", comment, "must be 1-255 printable ASCII characters without "
                    "backslash or single quote")
     return comment
@@ -169,7 +169,7 @@ class Rule:
         if self.mark is not None:
             _mark("mark", self.mark)
         if self.ether_src is not None and not (isinstance(self.ether_src, str)
-                                               and MAC_RE.match(self.ether_src)):
+                                               and MAC_RE.fullmatch(self.ether_src)):
             raise _bad("ether_src", self.ether_src, "must be a MAC address in lower case, "
                        "e.g. 0a:58:0a:f4:01:02")
         if self.comment is not None:

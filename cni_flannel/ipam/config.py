@@ -244,7 +244,7 @@ def parse_routes(raw: Any) -> Tuple[Route, ...]:
 
 def check_network_name(network: Any) -> str:
     """The network name becomes a directory under dataDir: it must not escape it."""
-    if not isinstance(network, str) or not _NAME.match(network) or network in (".", ".."):
+    if not isinstance(network, str) or not _NAME.fullmatch(network) or network in (".", ".."):
         raise InvalidConfig(
             f"invalid network name {network!r}",
             "it must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ (it names a directory under dataDir)",

@@ -94,7 +94,7 @@ def _address(key: str, value: object, text: str, version: int) -> str:
 
 
 def _interface(key: str, value: object, text: str) -> str:
-    if not _IFNAME.match(text) or text in (".", ".."):
+    if not _IFNAME.fullmatch(text) or text in (".", ".."):
         raise _bad(key, value, f"{text!r} is not an interface name (wildcards are not supported)")
     return text
 
