@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from typing import Iterator, List, Optional
 
 from cni_flannel.cni.crashpoint import reached
@@ -65,7 +66,8 @@ class DiskStore(Store):
             raise _io("create", self.directory, exc) from None
         lock_path = self._path(LOCK)
         try:
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            # O_NOFOLLOW: a planted "lock" symlink must not make us create its target (ELOOP: an error)
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
         except OSError as exc:
             raise _io("open lock file", lock_path, exc) from None
         try:
@@ -153,11 +155,20 @@ class DiskStore(Store):
             raise _io("release", self._path(name), exc) from None
 
     def last_reserved(self, range_id: int) -> Optional[IPAddress]:
+        # not open(): a planted symlink to a FIFO would block us forever; only a regular file counts
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            with open(self._path(f"{LAST_RESERVED}{range_id}"), "rb") as f:
-                data = f.read(256)
+            fd = os.open(self._path(f"{LAST_RESERVED}{range_id}"), flags)
         except OSError:
             return None  # lost round-robin position only; the reference logs and carries on
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, 256)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
         return ip_of(data.decode("ascii", "replace").strip())
 
     def set_last_reserved(self, range_id: int, ip: Optional[IPAddress]) -> None:

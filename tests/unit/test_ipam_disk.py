@@ -229,3 +229,28 @@ def test_result_shape(tmp_path):
         "dns": {},
     }
     json.dumps(res.to_dict("0.2.0"))
+
+
+def test_a_planted_fifo_as_last_reserved_does_not_block_the_add(tmp_path):
+    """A symlink (or a FIFO) in place of last_reserved_ip.0 is ignored, as a lost round-robin
+    position is: open() would follow it and block forever on the FIFO."""
+    d = tmp_path / "net"
+    d.mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "fifo", d / "last_reserved_ip.0")
+    os.mkfifo(d / "last_reserved_ip.1")
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "from tests.unit.test_ipam_disk import add; from pathlib import Path; "
+                           "print(add(Path(sys.argv[2]), 'c1'))", str(REPO), str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "10.1.2.2/29" in done.stdout
+
+
+def test_a_planted_lock_symlink_is_an_error_and_creates_nothing(tmp_path):
+    d = tmp_path / "net"
+    d.mkdir()
+    os.symlink(tmp_path / "elsewhere", d / "lock")
+    with pytest.raises(IOFailure, match="lock"):
+        add(tmp_path, "c1")
+    assert not (tmp_path / "elsewhere").exists()
