@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from tests.conftest import agent_requests, start_agent
+from tests.conftest import agent_requests, forbid_fallback, start_agent
 from tests.reliability.crashes import CrashLab
 
 ROUNDS = int(os.environ.get("CNI_CRASH_ROUNDS", "2"))
@@ -20,6 +20,8 @@ PODS = 5
 def test_crashes_leave_nothing(make_node, path: str) -> None:
     node = make_node()
     agent = start_agent(node) if path == "agent" else None
+    if agent:  # the agent must do the work: no silent self-contained fallback
+        forbid_fallback(node)
     lab = CrashLab(node, kind="flannel", agent_pid=agent.pid if agent else None, rng=random.Random())
     for number in range(ROUNDS):
         lab.round(PODS, number)

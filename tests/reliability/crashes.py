@@ -11,7 +11,7 @@ names only the surviving attachments.  After every round the node must be back a
 (the long-lived survivor pod included): IP files (empty ones too), links, addresses, saved flannel
 configs, firewall rules (iptables legacy+nft, nft), spoof-check rules, TCP/UDP conntrack entries of pod addresses (a pod's own IGMP
 reports are the kernel's, not a leak), agent
-workers.  The same rounds run on Debian's Go plugins (no crash points there: random delays only).
+workers still away serving (in a caller's namespaces; idle pooled ones are home).  The same rounds run on Debian's Go plugins (no crash points there: random delays only).
 """
 from __future__ import annotations
 
@@ -225,19 +225,25 @@ class CrashLab:
 
     # --- what is on the node ---------------------------------------------------------------------
     def state(self) -> Dict[str, Counter]:
-        script = r"""set -e
-d=/var/lib/cni/networks/crash; test -d $d && find $d -type f ! -name lock ! -name 'last_reserved_ip*' -printf 'f %f %s\n'
+        # pipefail, and a grep that selects nothing is not an error: a failing tool fails the
+        # round (CommandError) instead of reading as "nothing there" on both sides of a compare
+        script = r"""set -eo pipefail
+keep() { grep "$@" || test $? = 1; }
+d=/var/lib/cni/networks/crash; if test -d $d; then find $d -type f ! -name lock ! -name 'last_reserved_ip*' -printf 'f %f %s\n'; fi
 echo ==; ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//'
-echo ==; ip -o addr show | awk '{print $2, $4}' | grep -v ' fe80::'  || true
-echo ==; test -d /var/lib/cni/flannel && ls -A /var/lib/cni/flannel
+echo ==; ip -o addr show | awk '{print $2, $4}' | keep -v ' fe80::'
+echo ==; if test -d /var/lib/cni/flannel; then ls -A /var/lib/cni/flannel; fi
 echo ==; iptables-save | sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//'; ip6tables-save | sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//'
 iptables-legacy-save | sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//'
-echo ==; nft list ruleset | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | grep -v -e '^table bridge cni_spoofcheck' -e '^\s*$' || true
-echo ==; nft list table bridge cni_spoofcheck 2>/dev/null | grep -e 'cni-br-iface' -e 'macspoofchk' || true
-echo ==; { conntrack -L -p udp; conntrack -L -p tcp; } 2>/dev/null | grep -c 'src=10\.246\.' || true
+echo ==; nft list ruleset | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | keep -v -e '^table bridge cni_spoofcheck' -e '^\s*$'
+echo ==; if ! spoof=$(nft list table bridge cni_spoofcheck 2>&1); then
+  case "$spoof" in *"No such file or directory"*) spoof="";; *) echo "$spoof" >&2; exit 1;; esac
+fi
+printf '%s\n' "$spoof" | keep -e 'cni-br-iface' -e 'macspoofchk'
+echo ==; { conntrack -L -p udp; conntrack -L -p tcp; } 2>/dev/null | keep -c 'src=10\.246\.'
 """
         if self.agent_pid:
-            script += f"echo ==; pgrep -P {self.agent_pid} | wc -l\n"
+            script += "echo ==; " + self._away_script()
         out = self.node.run(["bash", "-c", script]).stdout.split("==\n")
         keys = ["ip_files", "links", "addresses", "saved_configs", "firewall_rules", "nft_rules", "spoofchk",
                 "conntrack"] + (["agent_workers"] if self.agent_pid else [])
@@ -247,8 +253,26 @@ echo ==; { conntrack -L -p udp; conntrack -L -p tcp; } 2>/dev/null | grep -c 'sr
                 state[k] = Counter({"entries": int((list(state[k]) or ["0"])[0])})
         return state
 
+    def _away_script(self) -> str:
+        """Prints how many agent workers are away from the agent's namespaces: serving a request
+        (its caller's namespaces) — after a round, a worker left running for a killed caller.
+        Idle workers wait at home (the pool keeps 2..4 of them, reused: their number is no leak)."""
+        pid = self.agent_pid
+        return (f"a=$(readlink /proc/{pid}/ns/net)$(readlink /proc/{pid}/ns/mnt); n=0\n"
+                f"for c in $(pgrep -P {pid} || test $? = 1); do\n"
+                "  w=$(readlink /proc/$c/ns/net 2>/dev/null)$(readlink /proc/$c/ns/mnt 2>/dev/null) || continue\n"
+                '  if [ "$w" != "$a" ]; then n=$((n+1)); fi\n'
+                "done; echo $n\n")
+
+    def workers_away(self) -> int:
+        return int(self.node.run(["bash", "-c", "set -eo pipefail\n" + self._away_script()]).stdout.strip())
+
     def leftovers(self) -> Dict[str, List[str]]:
-        now = self.state()
+        if self.agent_pid:  # a worker that just answered goes home in a moment: give it 5 s
+            deadline = time.monotonic() + 5
+            while self.workers_away() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        now = self.state()  # (then counted, whatever it is)
         out: Dict[str, List[str]] = {}
         for key, counts in now.items():
             if key in ("conntrack", "agent_workers"):
