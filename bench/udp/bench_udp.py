@@ -59,6 +59,17 @@ def ping_rtt(client: Any, ip: str, count: int = 50) -> Dict[str, float]:
     return {"rtt_min_ms": float(m.group(1)), "rtt_avg_ms": float(m.group(2)), "rtt_max_ms": float(m.group(3))}
 
 
+def losses(node: Any) -> Dict[str, int]:
+    """Where a udp node dropped packets during the run: flannel0's transmit queue full (the
+    forwarder did not read in time) and the UDP socket's receive buffer full."""
+    link = json.loads(node.run(["ip", "-s", "-j", "link", "show", "flannel0"]).stdout)[0]
+    snmp = node.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+    udp = [line.split()[1:] for line in snmp if line.startswith("Udp:")]
+    fields = dict(zip(udp[0], map(int, udp[1])))
+    return {"flannel0_tx_dropped": link["stats64"]["tx"]["dropped"],
+            "udp_rcvbuf_errors": fields["RcvbufErrors"], "udp_sndbuf_errors": fields["SndbufErrors"]}
+
+
 def node_maker(lab: Lab) -> Callable[..., Node]:
     plugins = plugin_dir()
 
@@ -111,6 +122,7 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
             result["kernel_us_per_packet"] = {
                 "encapsulate": round(out["system_seconds"] / max(out["packets"], 1) * 1e6, 2),
                 "decapsulate": round(inn["system_seconds"] / max(inn["packets"], 1) * 1e6, 2)}
+            result["losses"] = {m.node.name: losses(m.node) for m in c.members}
             result["batched_share"] = {"encapsulate": round(out["batched"] / max(out["packets"], 1), 3),
                                        "decapsulate": round(inn["batched"] / max(inn["packets"], 1), 3)}
             # What one core per direction would carry at that cost (an estimate, not a measurement:
@@ -174,6 +186,8 @@ def main() -> int:
             cpu = (f"  CPU us/packet: encapsulate {c['encapsulate']} (kernel {k['encapsulate']}), "
                    f"decapsulate {c['decapsulate']} (kernel {k['decapsulate']})")
         print(f"{kind:9} {r['gbps']:7.2f} Gbit/s  rtt avg {r['rtt_avg_ms']:.3f} ms{cpu}", flush=True)
+        if "losses" in r:
+            print(f"{'':9} retransmits {[x['retransmits'] for x in r['runs']]}, drops {r['losses']}", flush=True)
     base = results.get("vxlan", {}).get("gbps")
     ratios = {k: round(v["gbps"] / base, 3) for k, v in results.items()} if base else {}
     print(f"load average at end: {os.getloadavg()}")
