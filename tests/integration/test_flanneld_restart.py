@@ -12,4 +12,4 @@ from tests.reliability.daemon_restart import BACKENDS, rounds
 def test_restart_after_peers_left_leaves_nothing_stale(backend: str) -> None:
     row = rounds(backend, 1)
     assert row["departed"] == 3, row  # one deleted, one expired, the real node n3
-    assert row["stale_total"] == 0 and row["tracebacks"] == 0, row
+    assert row["stale_total"] == 0 and row["tracebacks"] == 0 and row["not_back"] == 0, row
