@@ -94,7 +94,6 @@ class StormLab:
         self._add(warm, "warm", 0)
         self._del(warm)
         self.baseline = sn.node_state(node)
-        self.base_workers = sn.agent_workers(node, agent_pid) if agent_pid else 0  # the agent's own pool
         self.kube_proxy.start()
 
     # --- pods through the runtime drivers -------------------------------------------------------------
@@ -231,12 +230,12 @@ class StormLab:
         masq = self.masq.stop()
         self.servers.stop()
         left = sn.diff(sn.node_state(self.node), self.baseline)
-        workers = 0
-        if self.agent_pid:  # a worker still running after a bounded wait is a stuck one
-            sn.wait_until(lambda: sn.agent_workers(self.node, self.agent_pid) <= self.base_workers, 15)
-            workers = max(0, sn.agent_workers(self.node, self.agent_pid) - self.base_workers)
+        idle, busy = 0, 0
+        if self.agent_pid:  # a worker still busy after a bounded wait is a stuck one
+            sn.wait_until(lambda: sn.agent_workers(self.node, self.agent_pid)[1] == 0, 15)
+            idle, busy = sn.agent_workers(self.node, self.agent_pid)
         return {"end_leftovers": sum(len(v) for v in left.values()), "end_leftover_kinds": {k: v[:5] for k, v in left.items()},
-                "stuck_agent_workers": workers, "masq": masq,
+                "stuck_agent_workers": busy, "idle_agent_workers": idle, "masq": masq,
                 "kube_proxy": {"writes": self.kube_proxy.writes, "errors": len(self.kube_proxy.errors),
                                "first_errors": self.kube_proxy.errors[:3]}}
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tests.harness.netns import Node, run
 from tests.harness.plugins import REPO_ROOT
@@ -370,8 +370,16 @@ def hostports_in(node: Node, backend: str) -> Dict[int, int]:
     return dict(found)
 
 
-def agent_workers(node: Node, agent_pid: int) -> int:
-    return len(node.run(["bash", "-c", f"pgrep -P {agent_pid} || true"]).stdout.split())
+IDLE_WCHAN = "__skb_wait_for_more_packets"  # a worker waiting in accept() for its next caller
+
+
+def agent_workers(node: Node, agent_pid: int) -> Tuple[int, int]:
+    """The agent's workers: (idle in accept(), busy).  Idle ones are its pool, kept by design (up to
+    MAX_IDLE); a worker busy long after the last request returned is a stuck one."""
+    out = node.run(["bash", "-c", f"for p in $(pgrep -P {agent_pid}); do cat /proc/$p/wchan 2>/dev/null; echo; done"]).stdout
+    states = [l.strip() for l in out.splitlines() if l.strip()]
+    idle = sum(1 for w in states if w == IDLE_WCHAN)
+    return idle, len(states) - idle
 
 
 def wait_until(check: Callable[[], bool], seconds: float) -> bool:
