@@ -237,6 +237,7 @@ class StormLab:
         return {"end_leftovers": sum(len(v) for v in left.values()), "end_leftover_kinds": {k: v[:5] for k, v in left.items()},
                 "stuck_agent_workers": busy, "idle_agent_workers": idle, "masq": masq,
                 "kube_proxy": {"writes": self.kube_proxy.writes, "errors": len(self.kube_proxy.errors),
+                               "lock_timeouts": self.kube_proxy.lock_timeouts,
                                "first_errors": self.kube_proxy.errors[:3]}}
 
 
@@ -326,7 +327,7 @@ def run_rows(results: Any, rounds: int, pods: int, seed: int, minutes: float = 0
 def table(rows: List[Dict[str, Any]]) -> str:
     lines = ["| storm (libcni + go-cni, hostPort each) | backend | rounds × pods | ADD / DEL | duplicate IPs "
              "| lost hostPorts | IPAM/veth/backend mismatches | leftovers (rounds / end) | ADD/DEL failures "
-             "| masq clobbered / kube-proxy errors | s per round (median) | load |",
+             "| masq clobbered / kube-proxy errors (xtables lock waits > 5 s) | s per round (median) | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         secs = sorted(r["round_seconds"])
@@ -342,5 +343,6 @@ def table(rows: List[Dict[str, Any]]) -> str:
             f"| {r['ipam_mismatch']} / {r['veth_mismatch']} / {r['not_in_backend']} "
             f"| {r['round_leftovers']} / {r['end_leftovers']}{stuck} | {r['add_failures']} / {r['del_failures']} "
             f"| {r['masq']['found_missing'] + r['masq']['errors']} / {r['kube_proxy']['errors']} "
+            f"({r['kube_proxy'].get('lock_timeouts', 0)}) "
             f"| {median} | {r.get('load', ['—'])[0]} |")
     return "\n".join(lines)

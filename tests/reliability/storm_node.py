@@ -211,6 +211,7 @@ class KubeProxy:
     def __init__(self, node: Node, backend: str, period: float = 0.2) -> None:
         self.node, self.backend, self.period = node, backend, period
         self.writes = 0
+        self.lock_timeouts = 0  # -w 5 ran out: kube-proxy skips that sync and retries at the next one
         self.errors: List[str] = []
         self._stop = threading.Event()
         mode = "legacy" if backend == "iptables-legacy" else "nft"
@@ -229,7 +230,9 @@ class KubeProxy:
     def write(self, endpoints: int) -> None:
         text = kube_proxy_nft(endpoints) if self.backend == "nftables" else kube_proxy_iptables(endpoints)
         done = self.node.run(self.argv, input=text, check=False)
-        if done.returncode != 0:
+        if done.returncode != 0 and "xtables lock" in done.stderr:
+            self.lock_timeouts += 1
+        elif done.returncode != 0:
             self.errors.append(done.stderr.strip()[:200])
         self.writes += 1
 
