@@ -127,7 +127,7 @@ def test_counters_export_to_prometheus():
     c = C.Counters()
     c.tun_to_udp.add(5, 700, {"short": 2}, 0.25)
     c.udp_to_tun.add(3, 300, {}, 0.0)
-    c.udp_to_tun.add(1, 100, {"unknown_source": 4}, 0.5)
+    c.udp_to_tun.add(1, 100, {"unknown_source": 4}, 0.5, batched=3, system=0.2)
     registry = CollectorRegistry()
     assert C.Collector(lambda: c).collect  # the class itself, registered on a private registry:
     registry.register(C.Collector(lambda: c))
@@ -137,10 +137,12 @@ def test_counters_export_to_prometheus():
                  'flannel_udp_bytes_total{direction="udp_to_tun"} 400.0',
                  'flannel_udp_wakeups_total{direction="udp_to_tun"} 2.0',
                  'flannel_udp_cpu_seconds_total{direction="udp_to_tun"} 0.5',
+                 'flannel_udp_batched_packets_total{direction="udp_to_tun"} 3.0',
                  'flannel_udp_drops_total{direction="tun_to_udp",reason="short"} 2.0',
                  'flannel_udp_drops_total{direction="udp_to_tun",reason="unknown_source"} 4.0'):
         assert line in text, text
     assert "tun_to_udp: 5 packets, 700 bytes; dropped: short 2" in c.summary()
+    assert c.as_dict()["udp_to_tun"]["system_seconds"] == 0.2 and c.as_dict()["udp_to_tun"]["batched"] == 3
     empty = CollectorRegistry()
     empty.register(C.Collector(lambda: None))
     assert "flannel_udp" not in generate_latest(empty).decode()
