@@ -16,7 +16,7 @@ interface (a previous host-gw run's) are removed: they would carry traffic past 
 Beyond upstream: datagrams from addresses that are no peer's PublicIP, and inner packets not
 for this node's subnet, are dropped; flannel0 gets accept_local=1 so the ICMP unreachable
 answers (from its own address) are not dropped as martians, and IPv6 off; where the kernel
-has them, TUN offloads and UDP GSO/GRO (cni_flannel.daemon.udp.fastpath;
+has them, UDP GSO/GRO with TSO writes into flannel0 (cni_flannel.daemon.udp.fastpath;
 FLANNELD_UDP_OFFLOAD=0 forces the plain path).  The forwarding threads run at nice -10
 (FLANNELD_UDP_NICE) and are restarted if a bug kills one.
 """
