@@ -150,7 +150,7 @@ def main() -> int:
                     help="storm rows on these firewall backends only")
     args = ap.parse_args()
     if args.quick:
-        args.fuzz, args.fuzz_exec, args.crashes = 100, 5, 60
+        args.fuzz, args.fuzz_exec, args.crashes, args.restart_rounds = 100, 5, 60, 1
     started = time.monotonic()
     seed = int(os.environ.get("CNI_RELIABILITY_SEED", str(int(time.time()))))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def main() -> int:
     header = (f"`make reliability` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{minutes:.0f} min, seed {seed}, load {os.getloadavg()[0]:.1f}; command: .venv/bin/python -m "
               f"tests.reliability.run --fuzz {args.fuzz} --fuzz-plugins {args.fuzz_plugins or args.fuzz} "
-              f"--fuzz-exec {args.fuzz_exec} --crashes {args.crashes}"
+              f"--fuzz-exec {args.fuzz_exec} --crashes {args.crashes} --pods {args.pods} --restart-rounds {args.restart_rounds}"
               f"{' --part ' + args.part if args.part != 'all' else ''})")
     print(header + "\n\n" + text)
     (RESULTS / "latest.md").write_text(header + "\n\n" + text + "\n")
