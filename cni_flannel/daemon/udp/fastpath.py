@@ -86,7 +86,10 @@ class OffloadForwarder(Forwarder):
                 except OSError as exc:
                     _read_failed(exc, drops)
                     break
-                here = out[pos + 16:pos + 20] if n >= 20 and out[pos] >> 4 == 4 else b""
+                if n < 20 or out[pos] >> 4 != 4:  # counted (short, not IPv4); the batch goes on
+                    route(omv[pos:], n, fd, table, drops)
+                    continue
+                here = out[pos + 16:pos + 20]
                 if count and (here != dst or n > seg):  # another peer, or no longer one train
                     send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
                     omv[:n] = omv[pos:pos + n]
