@@ -68,12 +68,14 @@ def main() -> int:
                     if i:  # the first round warms up
                         walls[cmd].append(r["wall"] * 1000)
             log = agent_requests(node)
+            pids = set(re.findall(r"^cni-flannel agent\[(\d+)\]", node.read_file(AGENT_LOG), re.M))
     finally:
         kept = sorted(glob.glob(f"{profdir}/*.prof"))
         OUT.mkdir(parents=True, exist_ok=True)
     print(f"seed chain through the agent, {n} samples (load {stats.loadavg()})")
     for cmd in ("add", "del"):
         print(f"  libcni {cmd.upper()} wall p50 {stats.percentile(walls[cmd], 50):.1f} ms")
+    print(f"  {len(log)} requests served by {len(pids)} workers (a worker serves callers one after another)")
     per = {}
     for line in log:
         m = re.match(r"(\S+) (\S+) \S+ exit \d+ \(([0-9.]+) ms to start, ([0-9.]+) ms to run\)", line)

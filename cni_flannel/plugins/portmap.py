@@ -104,9 +104,36 @@ def delete(req: Request) -> None:
     conf = _config(req)
     rulesets = _owner_rulesets(conf, req.container_id)
     fw = firewall(conf.backend)
-    for ruleset in rulesets:
-        fw.remove(ruleset)
+    _each_at_once(fw.remove, rulesets)
     conntrack.flush_udp(conf.udp_host_ports(), [rs.family for rs in rulesets])
+
+
+def _each_at_once(fn, items: list) -> None:
+    """fn(item) for every item, each in a thread of its own (IPv4 and IPv6 tables are separate:
+    a DEL's IPv6 snapshot no longer waits for the IPv4 commit, ~one command's time); the first
+    item's error wins, as in a loop, but every item has been tried."""
+    import threading
+
+    errors: List[BaseException] = [None] * len(items)  # type: ignore[list-item]
+
+    def one(i: int) -> None:
+        try:
+            fn(items[i])
+        except BaseException as exc:  # re-raised below, in this thread
+            errors[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), name=f"portmap-del-{i}") for i in range(1, len(items))]
+    for t in threads:
+        t.start()
+    try:
+        if items:
+            one(0)
+    finally:
+        for t in threads:
+            t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
 
 
 def check(req: Request) -> None:

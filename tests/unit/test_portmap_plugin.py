@@ -114,7 +114,7 @@ def test_del_without_runtime_config_removes_by_name_and_comment(env):
     code, out = invoke("DEL", maps=None, prev=None)
     assert (code, out) == (0, None)
     removed = [c[1] for c in env["fw"].calls if c[0] == "remove"]
-    assert [rs.family for rs in removed] == ["ipv4", "ipv6"]
+    assert sorted(rs.family for rs in removed) == ["ipv4", "ipv6"]  # (each family in a thread of its own)
     assert all(rs.comment == 'dnat name: "test" id: "c1"' for rs in removed)
     assert env["conntrack"] == [([], ["ipv4", "ipv6"])]
 
@@ -211,3 +211,19 @@ def test_newline_in_container_id_never_reaches_a_comment(env, monkeypatch):
     monkeypatch.setattr(portmap, "firewall", lambda b: (_ for _ in ()).throw(AssertionError("ran")))
     code, out = invoke("ADD", cid="c1\n-A INPUT -j DROP")
     assert code == 1 and out["code"] == 4  # rejected by the dispatcher as a bad CNI_CONTAINERID
+
+
+def test_del_tries_every_family_and_reports_the_first_ones_error() -> None:
+    from cni_flannel.plugins.portmap import _each_at_once
+
+    tried = []
+
+    def remove(family: str) -> None:
+        tried.append(family)
+        if family != "ipv6":
+            raise ValueError(f"{family} failed")
+
+    with pytest.raises(ValueError, match="ipv4 failed"):
+        _each_at_once(remove, ["ipv4", "ipv6", "third"])
+    assert sorted(tried) == ["ipv4", "ipv6", "third"]
+    _each_at_once(remove, [])
