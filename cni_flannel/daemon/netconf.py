@@ -140,6 +140,11 @@ def load(path: str = DEFAULT_PATH, kube: bool = False) -> NetConf:
     return parse(text, path, kube=kube)
 
 
+def vtep_device_name(vni: int, family: int) -> str:
+    """The vxlan backend's device per family, named as upstream's: flannel.<VNI>, flannel-v6.<VNI>."""
+    return f"flannel.{vni}" if family == 4 else f"flannel-v6.{vni}"
+
+
 def parse(text: str, source: str = "net-conf.json", kube: bool = False) -> NetConf:
     try:
         raw = json.loads(text)
@@ -158,6 +163,16 @@ def parse(text: str, source: str = "net-conf.json", kube: bool = False) -> NetCo
     if enable6 and backend.type == "udp":
         raise NetConfError(f"{source}: Backend.Type udp carries IPv4 only, but EnableIPv6 is true",
                            'use "Type": "vxlan" or "host-gw" for IPv6')
+    if backend.type == "vxlan":
+        from cni_flannel.cni.names import interface_name_problem
+
+        for family in (4, 6) if enable6 else (4,):
+            name = vtep_device_name(backend.vni, family)
+            if (family == 4 and not enable4) or not interface_name_problem(name):
+                continue
+            raise NetConfError(f"{source}: Backend.VNI={backend.vni} makes the VTEP name {name}, longer than "
+                               f"the kernel's 15 bytes", "use a VNI of at most "
+                               + ("9999999" if family == 4 else "9999") + " (upstream names the devices alike)")
     pools = {v: _pool(c, v, kube) if on else None for v, on in ((4, enable4), (6, enable6))}
     unknown = tuple(k for k in (raw if isinstance(raw, dict) else {}) if k.lower() not in _KNOWN)
     return NetConf(ipv4=pools[4], ipv6=pools[6], backend=backend,

@@ -186,11 +186,22 @@ def test_errors_are_the_daemons_config_errors() -> None:
     ({"Network": "10.0.0.0/16", "Backend": "vxlan"}, ["Backend must be an object"]),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, ["VNI=16777216", "24 bits"]),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}, ["Port=70000"]),
+    # the VTEP's name would pass the kernel's 15 bytes (the kernel answers ERANGE at creation)
+    ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 10000000}}, ["VNI=10000000", "flannel.10000000"]),
+    ({"EnableIPv6": True, "IPv6Network": "fd00::/56", "Network": "10.0.0.0/16",
+      "Backend": {"Type": "vxlan", "VNI": 10000}}, ["VNI=10000", "flannel-v6.10000", "9999"]),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "MTU": 40}}, ["MTU=40", "68 to 65535"]),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": 1}}, ["Backend.DirectRouting=1"]),
 ])
 def test_rejected(obj: Any, words: list) -> None:
     rejected(obj, *words)
+
+
+def test_largest_vnis_whose_vtep_names_fit() -> None:
+    assert parse({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 9999999}}).backend.vni == 9999999
+    assert parse({"EnableIPv6": True, "IPv6Network": "fd00::/56", "Network": "10.0.0.0/16",
+                  "Backend": {"Type": "vxlan", "VNI": 9999}}).backend.vni == 9999
+    assert parse({"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw", "VNI": 10000000}})  # no VTEP
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", "null", '"x"'])

@@ -28,6 +28,7 @@ from cni_flannel.daemon.backends.apply import Scope
 from cni_flannel.daemon.backends.base import Backend, Refusal
 from cni_flannel.daemon.errors import BackendError
 from cni_flannel.daemon.lease import Lease, LeaseAttrs, Side, vtep_mac
+from cni_flannel.daemon.netconf import vtep_device_name
 from cni_flannel.daemon.backends.plan import (Entry, Fdb, Neigh, RouteEntry, State,
                                               directly_connected)
 from cni_flannel.net.errors import NotFound
@@ -39,7 +40,7 @@ OVERHEAD = {4: 50, 6: 70}  # outer IP (20/40) + UDP 8 + VXLAN 8 + inner Ethernet
 
 
 def device_name(vni: int, family: int) -> str:
-    return f"flannel.{vni}" if family == 4 else f"flannel-v6.{vni}"
+    return vtep_device_name(vni, family)
 
 
 @dataclass(frozen=True)
