@@ -10,14 +10,14 @@ import random
 
 import pytest
 
-from tests.reliability.storm import bad, storm
+from tests.reliability.storm import bad, problems, storm
 
 PODS = int(os.environ.get("CNI_STORM_PODS", "30"))
 SELF_PODS = max(2, PODS // 3)
 
 
 def _clean(row: dict, pods: int = PODS) -> None:
-    assert bad(row) == 0, {k: v for k, v in row.items() if k not in ("round_seconds",)}
+    assert not problems(row), problems(row)
     assert row["adds"] == 2 * pods and row["dels"] == 2 * pods, row  # every pod went up and down twice
     assert row["kube_proxy"]["writes"] > 1 and row["masq"]["resyncs"] > 1, row  # the writers really ran
 

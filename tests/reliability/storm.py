@@ -293,13 +293,27 @@ def storm(impl: str, backend: str, rounds: int, pods: int, seed: int, break_: Op
             "seconds": round(time.monotonic() - started)}
 
 
+def problems(row: Dict[str, Any]) -> Dict[str, Any]:
+    """Everything a row must have 0 of, with its count where it is not 0 (the agent row must also
+    prove the agent served)."""
+    keys = ("not_in_backend", "duplicates", "no_address", "result_mismatch", "lost_hostports", "ipam_mismatch",
+            "veth_mismatch", "round_leftovers", "add_failures", "del_failures", "end_leftovers", "stuck_agent_workers")
+    found: Dict[str, Any] = {k: row[k] for k in keys if row.get(k)}
+    for part, key in (("masq", "errors"), ("masq", "found_missing"), ("kube_proxy", "errors")):
+        if row[part][key]:
+            found[f"{part}_{key}"] = row[part][key]
+    if row["impl"] == "agent" and (not row.get("agent_served") or row.get("agent_refused")):
+        found["agent_unproven"] = 1
+    if row["rounds"] < 1:
+        found["no_round"] = 1
+    if found:  # what to look at first
+        found["detail"] = {k: row[k] for k in ("failure_kinds", "end_leftover_kinds", "findings") if row.get(k)}
+        found["detail"].update({k: row[k]["stderr" if k == "masq" else "first_errors"] for k in ("masq", "kube_proxy")})
+    return found
+
+
 def bad(row: Dict[str, Any]) -> int:
-    """Everything a row must have 0 of (the agent row must also prove the agent served)."""
-    keys = ("not_in_backend", "duplicates", "no_address", "result_mismatch", "lost_hostports", "ipam_mismatch", "veth_mismatch",
-            "round_leftovers", "add_failures", "del_failures", "end_leftovers", "stuck_agent_workers")
-    unproven = row["impl"] == "agent" and (not row.get("agent_served") or row.get("agent_refused"))
-    masq = row["masq"]["errors"] + row["masq"]["found_missing"] + row["kube_proxy"]["errors"]
-    return sum(row[k] for k in keys) + masq + int(bool(unproven)) + int(row["rounds"] < 1)
+    return sum(v for k, v in problems(row).items() if k != "detail")
 
 
 ROWS = [(impl, backend) for backend in sn.BACKENDS for impl in IMPLEMENTATIONS
