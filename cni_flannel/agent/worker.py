@@ -34,7 +34,7 @@ CLONE_NEWNET = 0x40000000
 #: Requests one worker serves before it exits (bounds whatever a request might leak).
 MAX_REQUESTS = 100
 #: A worker done with a request exits when this many workers wait idle already.
-MAX_IDLE = 4
+MAX_IDLE = 8
 #: Seconds a caller has to send its request once connected (a stuck caller must not pin a worker).
 REQUEST_TIMEOUT = 30.0
 
