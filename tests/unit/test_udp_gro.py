@@ -140,6 +140,10 @@ def test_runs_split_where_gro_would():
     b = segments(random.Random(2).randbytes(mss * 3), mss, 9000, psh_last=False)  # a gap in seq
     mv, n, step = gro_buffer(a + b)
     assert gro.tcp_runs(mv, n, step) == [(0, 4), (4, 3)]
+    train = segments(random.Random(3).randbytes(mss * 10), mss, 0, psh_last=False)
+    train[5][20:22] = (4321).to_bytes(2, "big")                                   # one stranger
+    mv, n, step = gro_buffer(train)
+    assert gro.tcp_runs(mv, n, step) == [(0, 5), (5, 1), (6, 4)]
     other = segments(b"x" * mss * 2, mss, 2000, psh_last=False)
     other[1][20:22] = (1234).to_bytes(2, "big")                                   # another flow
     mv, n, step = gro_buffer(other)

@@ -72,8 +72,9 @@ def _run_length(buf: Buffer, n: int, step: int, first: int, count: int) -> int:
     varying, same = _readers(step, hl, k)
     limit = k
     pieces = same.unpack_from(buf, off)
-    if pieces != pieces[:_PIECES] * k:  # one compare for all: found, then where it breaks
-        limit = next(i for i in range(len(pieces)) if pieces[i] != pieces[i % _PIECES]) // _PIECES
+    first_pieces = pieces[:_PIECES]
+    if pieces != first_pieces * k:  # one compare for all: found, then where it breaks
+        limit = next(j for j in range(1, k) if pieces[j * _PIECES:(j + 1) * _PIECES] != first_pieces)
     t = varying.unpack_from(buf, off)
     # each IP length must be its datagram's: ``step``, or ``last_size`` for the buffer's last
     lens = t[0::3]
