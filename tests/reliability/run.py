@@ -99,7 +99,8 @@ def crashes(path: str, target: int, seed: int, minutes: float = 0, pods: int = P
             "add_failures": counts["add_failures"],
             "tracebacks": counts["tracebacks"], "hangs": counts["hangs"], "reboot_leftovers": reboot,
             "by_step": {k[6:]: v for k, v in counts.items() if k.startswith("crash:")},
-            "first_leftovers": cl.leftover_rounds[:3], "seconds": round(time.monotonic() - started)}
+            "first_leftovers": cl.leftover_rounds[:3], "seconds": round(time.monotonic() - started),
+            "load": [round(x, 1) for x in os.getloadavg()]}  # at the end (1, 5, 15 min)
 
 
 def table(fuzz_rows: List[Dict[str, Any]], crash_rows: List[Dict[str, Any]]) -> str:
