@@ -104,7 +104,7 @@ AGENT_LOG = "/run/flannel/cni-agent.requests"
 PYTHON_ENTRY = "/opt/cni/bin/.cni-flannel/cni-flannel"
 
 
-def start_agent(node: Node, timeout: float = 20.0, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+def start_agent(node: Node, timeout: float = 60.0, stderr: int = subprocess.PIPE) -> subprocess.Popen:
     """Run the resident plugin agent in ``node`` (from its /opt/cni/bin) until the lab closes."""
     import time
 
@@ -113,8 +113,12 @@ def start_agent(node: Node, timeout: float = 20.0, stderr: int = subprocess.PIPE
     deadline = time.monotonic() + timeout
     while not node.exists(AGENT_SOCKET):
         if proc.poll() is not None or time.monotonic() > deadline:
-            why = proc.stderr.read().decode(errors="replace") if proc.stderr else f"exit {proc.poll()}"
-            raise RuntimeError(f"agent did not start: {why}")
+            late = proc.poll() is None
+            if late:  # a live agent keeps its stderr open: reading it would wait forever
+                proc.kill()
+                proc.wait()
+            why = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"agent did not start ({f'no socket after {timeout:.0f} s' if late else f'exit {proc.returncode}'}): {why}")
         time.sleep(0.05)
     return proc
 
