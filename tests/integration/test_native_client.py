@@ -62,6 +62,16 @@ class FakeAgent:
                     conn.sendall(answer)
 
     def close(self) -> None:
+        # Wake the accept() (shutdown makes it fail with EINVAL) and wait for the thread before the
+        # descriptor is closed: a thread still on its way into accept() after close() would accept on
+        # whatever socket reuses the number next -- a later test's fake agent -- and answer with this
+        # agent's reply (seen once under load: a "nonsense" test got the earlier test's bytes).
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), f"fake agent {self.path} did not stop"
         self.sock.close()
 
 
