@@ -14,10 +14,9 @@ power cut leaves the old or the new one.  Mode 0644 regardless of umask, like fl
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
 from typing import Optional
 
+from ..atomicfile import read_regular
 from ..atomicfile import write_atomic as _write_atomic
 from ..flannel.subnet_env import DEFAULT_PATH, SubnetEnv
 from .netconf import NetConf
@@ -51,22 +50,12 @@ def write(env: SubnetEnv, path: str = DEFAULT_PATH) -> bool:
 
 
 def _holds(path: str, data: bytes) -> bool:
-    """``path`` is a regular file (not a symlink) with exactly ``data`` and our mode.  Opened
-    without following a link and without blocking, read only as far as ``data`` goes: a planted
-    link to /dev/zero or a FIFO costs nothing."""
+    """``path`` is a regular file (not a symlink) with exactly ``data`` and our mode.  Read only
+    one byte past ``data`` (a longer file differs): a planted link to /dev/zero or a FIFO costs nothing."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_regular(path, len(data) + 1, mode=FILE_MODE) == data
     except OSError:
         return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data) or (st.st_mode & 0o777) != FILE_MODE:
-            return False
-        return os.read(fd, len(data) + 1) == data
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def write_subnet_file(conf: NetConf, subnet: Optional[ipaddress.IPv4Network],

@@ -15,18 +15,20 @@ hard-linked to the address name — ``link()`` fails on an existing name, so it
 is the same atomic claim as the reference's O_EXCL create, but a crash leaves
 at most a dot-named temporary file (swept on the next locked operation), never
 an empty address file.  Empty address files left by a crashed Go plugin (or a
-power loss) are treated as free-able leftovers by DEL and GC.
+power loss) are treated as free-able leftovers by DEL and GC.  Anything under an
+address name that is not a regular file (a symlink, FIFO, directory, device) is
+not a reservation: never followed, read or removed, and never handed out
+(``link()`` fails on the existing name) — ``atomicfile.read_regular``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import stat
 from typing import Iterator, List, Optional
 
+from cni_flannel.atomicfile import read_regular
 from cni_flannel.cni.crashpoint import reached
 from cni_flannel.cni.errors import IOFailure
 
@@ -38,6 +40,8 @@ LOCK = "lock"
 TMP_PREFIX = ".host-local-tmp."
 FILE_MODE = 0o600
 DIR_MODE = 0o755
+OWNER_LIMIT = 4096  # bytes read of an address file (an owner is "<containerID>\r\n<ifname>")
+LAST_RESERVED_LIMIT = 256  # bytes read of last_reserved_ip.<set> (one address)
 
 
 def _io(action: str, path: str, exc: OSError) -> IOFailure:
@@ -90,7 +94,6 @@ class DiskStore(Store):
             raise _io("open", self.directory, exc) from None
         try:
             names = os.listdir(dfd)
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
             for name in names:
                 if name == LOCK or name.startswith(LAST_RESERVED):
                     continue
@@ -99,20 +102,12 @@ class DiskStore(Store):
                         self._unlink(name)
                     continue
                 try:
-                    fd = os.open(name, flags, dir_fd=dfd)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOENT, errno.ELOOP):
-                        out.append(Reservation(name, None, readable=False))
+                    data = read_regular(name, OWNER_LIMIT, dir_fd=dfd)
+                except OSError:
+                    out.append(Reservation(name, None, readable=False))  # held, never reclaimed as garbage
                     continue
-                try:
-                    data = os.read(fd, 4096)
-                except OSError as exc:
-                    if exc.errno != errno.EISDIR:  # a stray directory is not a reservation
-                        out.append(Reservation(name, None, readable=False))
-                    continue
-                finally:
-                    os.close(fd)
-                out.append(Reservation(name, parse_owner(data)))
+                if data is not None:  # gone, a symlink, a directory, a FIFO...: not a reservation
+                    out.append(Reservation(name, parse_owner(data)))
         except OSError as exc:
             raise _io("list", self.directory, exc) from None
         finally:
@@ -155,20 +150,12 @@ class DiskStore(Store):
             raise _io("release", self._path(name), exc) from None
 
     def last_reserved(self, range_id: int) -> Optional[IPAddress]:
-        # not open(): a planted symlink to a FIFO would block us forever; only a regular file counts
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            fd = os.open(self._path(f"{LAST_RESERVED}{range_id}"), flags)
+            data = read_regular(self._path(f"{LAST_RESERVED}{range_id}"), LAST_RESERVED_LIMIT)
         except OSError:
+            data = None
+        if data is None:
             return None  # lost round-robin position only; the reference logs and carries on
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            data = os.read(fd, 256)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
         return ip_of(data.decode("ascii", "replace").strip())
 
     def set_last_reserved(self, range_id: int, ip: Optional[IPAddress]) -> None:

@@ -116,6 +116,22 @@ def test_unchanged_content_is_not_rewritten(tmp_path: Path) -> None:
     assert subnet_env.load(str(path)).mtu == 1400
 
 
+
+@pytest.mark.parametrize("spoil", ["mode", "longer", "shorter"])
+def test_same_text_with_another_mode_or_length_is_rewritten(tmp_path: Path, spoil: str) -> None:
+    """"Unchanged" means exactly our bytes, nothing after them, and mode 0644."""
+    path = tmp_path / "subnet.env"
+    env = subnet_file.env_for(conf(), V4("10.244.1.0/24"), None, 1450, True)
+    assert subnet_file.write(env, str(path)) is True
+    if spoil == "mode":
+        path.chmod(0o600)
+    elif spoil == "longer":
+        path.write_bytes(path.read_bytes() + b"X")
+    else:
+        path.write_bytes(path.read_bytes()[:-1])
+    assert subnet_file.write(env, str(path)) is True
+    assert path.read_text() == env.render() and stat.S_IMODE(path.stat().st_mode) == 0o644
+
 WRITE_IN_CHILD = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # the old code read /dev/zero forever

@@ -254,3 +254,63 @@ def test_a_planted_lock_symlink_is_an_error_and_creates_nothing(tmp_path):
     with pytest.raises(IOFailure, match="lock"):
         add(tmp_path, "c1")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_non_regular_entries_named_like_addresses_are_not_reservations(tmp_path):
+    """A FIFO, a directory or a symlink under an address's name is not a reservation (read_regular
+    gives None): never read or unlinked — DEL and GC leave it — and never handed out (link() fails
+    on the existing name).  ADD in a child: a FIFO that blocked us would fail, not hang."""
+    d = tmp_path / "net"
+    d.mkdir()
+    os.mkfifo(d / "10.1.2.2")
+    (d / "10.1.2.3").mkdir()
+    (tmp_path / "victim").write_bytes(b"")
+    os.symlink(tmp_path / "victim", d / "10.1.2.4")
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "from tests.unit.test_ipam_disk import add; from pathlib import Path; "
+                           "print(add(Path(sys.argv[2]), 'c1', conf={'ranges': [[{'subnet': '10.1.2.0/29'}]]}))",
+                           str(REPO), str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['10.1.2.5/29']"
+    # in this process only now: had the child blocked on the FIFO, we would have failed above
+    store = DiskStore(str(tmp_path), "net")
+    with store.locked():
+        assert [r.name for r in store.reservations()] == ["10.1.2.5"]
+    host_local.release(ipam(tmp_path), "net", "someone-else", "eth0")  # reclaims empty leftovers only
+    host_local.gc(ipam(tmp_path), "net", [("c1", "eth0")])
+    assert files(tmp_path) == ["10.1.2.2", "10.1.2.3", "10.1.2.4", "10.1.2.5", "last_reserved_ip.0", "lock"]
+    assert stat.S_ISFIFO((d / "10.1.2.2").lstat().st_mode) and (tmp_path / "victim").read_bytes() == b""
+
+
+def test_an_address_file_that_cannot_be_read_is_held_and_never_reclaimed(tmp_path, monkeypatch):
+    """Any other read error (EIO, EACCES...) keeps the address taken, and GC/DEL do not treat it as garbage."""
+    from cni_flannel.ipam import disk
+
+    d = tmp_path / "net"
+    d.mkdir()
+    (d / "10.1.2.2").write_bytes(b"owner\r\neth0")
+    real = disk.read_regular
+
+    def failing(path, limit, **kw):
+        if path == "10.1.2.2":
+            raise OSError(5, "Input/output error")
+        return real(path, limit, **kw)
+
+    monkeypatch.setattr(disk, "read_regular", failing)
+    store = DiskStore(str(tmp_path), "net")
+    with store.locked():
+        assert [(r.name, r.owner, r.readable) for r in store.reservations()] == [("10.1.2.2", None, False)]
+    assert add(tmp_path, "c1", conf={"ranges": [[{"subnet": "10.1.2.0/29"}]]}) == ["10.1.2.3/29"]
+    host_local.gc(ipam(tmp_path), "net", [("c1", "eth0")])
+    host_local.release(ipam(tmp_path), "net", "someone-else", "eth0")
+    assert "10.1.2.2" in files(tmp_path)
+
+
+def test_an_over_long_address_file_is_read_up_to_its_limit(tmp_path):
+    """Only the first 4 KiB of an address file count (a planted huge file costs nothing)."""
+    d = tmp_path / "net"
+    d.mkdir()
+    (d / "10.1.2.2").write_bytes(b"x" * 4096 + b"\r\neth0" + b"y" * (1 << 20))
+    store = DiskStore(str(tmp_path), "net")
+    with store.locked():
+        assert [(r.name, r.owner) for r in store.reservations()] == [("10.1.2.2", ("x" * 4096, None))]
