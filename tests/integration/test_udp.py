@@ -49,7 +49,9 @@ def test_udp_pods_reach_every_other_node_through_flannel0(make_node, mode):
         addrs = json.loads(m.node.run(["ip", "-4", "-j", "addr", "show", "flannel0"]).stdout)[0]["addr_info"]
         assert [(a["local"], a["prefixlen"]) for a in addrs] == [(f"10.244.{m.n}.0", 32)]
         assert routes(m.node, "flannel0") == [("10.244.0.0/16", None)]
-        assert m.data == {"BackendType": ""}  # upstream's udp leases carry PublicIP only
+        # upstream's udp leases carry PublicIP only; ours add PartialChecksums where offloads run
+        assert m.data == ({"BackendType": "", "BackendData": {"PartialChecksums": True}} if mode == "offload"
+                          else {"BackendType": ""})
         assert mode_of(m) == mode, m.proc.log()
     pings = c.cross_pings()
     assert len(pings) == 6 and all(pings.values()), pings
@@ -103,8 +105,11 @@ def test_udp_tcp_transfer_arrives_intact(make_node, mode):
     if mode == "offload":  # the batch paths carried the stream, not a silent per-packet fallback
         assert sender["tun_to_udp"]["batched"] > sender["tun_to_udp"]["packets"] // 2, sender
         assert receiver["udp_to_tun"]["batched"] > receiver["udp_to_tun"]["packets"] // 2, receiver
+        # cut from TSO super-packets, sent with partial checksums (both nodes lease PartialChecksums)
+        assert sender["tun_to_udp"]["partial_checksum"] > sender["tun_to_udp"]["packets"] // 2, sender
     else:
         assert sender["tun_to_udp"]["batched"] == receiver["udp_to_tun"]["batched"] == 0
+        assert sender["tun_to_udp"]["partial_checksum"] == 0
 
 
 def test_udp_flannel0_deleted_is_recreated_and_a_restart_resumes(make_node):

@@ -148,4 +148,6 @@ def test_udp_interoperates_with_upstreams_wire_format(make_node, mode):
     (p1, ips1) = c.members[0].pods[0]
     transfer(p1, pod3, ip3, 8 << 20)        # ours -> upstream's, full-size packets
     transfer(pod3, p1, ips1[0], 8 << 20, port=5002)  # and back
-    assert counters(c.members[0])["udp_to_tun"]["packets"] > (8 << 20) // MTU
+    got = counters(c.members[0])
+    assert got["udp_to_tun"]["packets"] > (8 << 20) // MTU
+    assert got["tun_to_udp"]["partial_checksum"] == 0, got  # upstream's lease: full checksums only

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from cni_flannel.daemon.backends import new
+from cni_flannel.daemon.backends import udp as udp_backend
 from cni_flannel.daemon.errors import BackendError
 from cni_flannel.daemon.lease import Lease, LeaseAttrs
 
@@ -29,11 +30,36 @@ def test_needs_exactly_one_ipv4_network(networks):
         new("udp", {"Type": "udp"}, networks=networks)
 
 
-def test_lease_attrs_are_upstreams_public_ip_only():
+def test_lease_attrs_are_upstreams_public_ip_only_with_offloads_off(monkeypatch):
+    monkeypatch.setenv("FLANNELD_UDP_OFFLOAD", "0")
     be = new("udp", {"Type": "udp"}, networks=[NET])
     ip = ipaddress.IPv4Address("198.18.0.1")
     assert be.lease_attrs(ip, None) == LeaseAttrs(public_ip=ip)
     assert be.lease_attrs(ip, None, previous=LeaseAttrs(backend_type="vxlan")) == LeaseAttrs(public_ip=ip)
+
+
+def test_lease_attrs_announce_partial_checksums_where_udp_offloads_exist(monkeypatch):
+    monkeypatch.delenv("FLANNELD_UDP_OFFLOAD", raising=False)
+    ip = ipaddress.IPv4Address("198.18.0.1")
+    monkeypatch.setattr(udp_backend, "_probe_new_socket", lambda: "")
+    assert new("udp", {"Type": "udp"}, networks=[NET]).lease_attrs(ip, None) == LeaseAttrs(
+        public_ip=ip, backend_data={"PartialChecksums": True})
+    monkeypatch.setattr(udp_backend, "_probe_new_socket", lambda: "UDP GSO/GRO unavailable (ENOPROTOOPT)")
+    assert new("udp", {"Type": "udp"}, networks=[NET]).lease_attrs(ip, None) == LeaseAttrs(public_ip=ip)
+
+
+@pytest.mark.parametrize("data, partial", [
+    ({"PartialChecksums": True}, True), (None, False), ({"PartialChecksums": "yes"}, False),
+    ({"PartialChecksums": 1}, False), ([], False), ({"VtepMAC": "aa:bb:cc:dd:ee:ff"}, False)])
+def test_only_a_lease_saying_partial_checksums_true_gets_them(data, partial):
+    be = new("udp", {"Type": "udp"}, networks=[NET])
+    be.node = lease(1)
+    peer = Lease.from_dict({"Subnet": "10.244.2.0/24", "PublicIP": "198.18.0.2", "BackendData": data})
+    assert udp_backend.takes_partial_checksums(peer) is partial
+    be.peers = {peer.key: peer}
+    table = be._table()
+    assert table.lookup(int(ipaddress.IPv4Address("10.244.2.9"))) == ("198.18.0.2", 8285)
+    assert (("198.18.0.2", 8285) in table.partial) is partial
 
 
 def test_peers_upstream_form_and_ours_count_others_do_not():

@@ -5,8 +5,13 @@ address ``<subnet .0>/32``, MTU = underlay − 28, up, and one route for the who
 via flannel0.  Peers are not kernel state: each lease becomes a PeerTable entry
 ``<peer subnet> -> <peer PublicIP>:<Port>`` for the forwarder threads (cni_flannel.daemon.udp).
 
-Lease attributes as upstream writes them: only PublicIP (no BackendType, no BackendData), so
-peers with BackendType "" (upstream udp nodes) or "udp" are both accepted.  IPv4 only.
+Lease attributes as upstream writes them: PublicIP (no BackendType), so peers with BackendType
+"" (upstream udp nodes) or "udp" are both accepted.  IPv4 only.  One addition, where the
+offload path runs: BackendData ``{"PartialChecksums": true}`` says "this node finishes TCP
+checksums itself" (its flannel0 takes every TCP packet with NEEDS_CSUM), so our peers send
+it TSO segments without summing their payloads (cni_flannel.daemon.udp.tso); upstream
+ignores BackendData for udp and is always sent full checksums.  FLANNELD_UDP_OFFLOAD=0
+leases exactly as upstream.
 
 flannel0 lives while our fd is open: a stopped daemon takes it (and its route) with it, a
 started one makes it again.  Deleted under us, it is recreated by ``reconcile`` / the next
@@ -50,6 +55,13 @@ DEFAULT_PORT = 8285
 OVERHEAD = 28          # outer IPv4 20 + UDP 8
 ACCEPTED_TYPES = ("udp", "")  # upstream's udp leases carry no BackendType
 OFFLOAD_ENV = "FLANNELD_UDP_OFFLOAD"  # "0": the plain path even where the kernel has offloads
+PARTIAL_KEY = "PartialChecksums"     # BackendData: TCP packets with partial checksums are welcome
+
+
+def takes_partial_checksums(lease: Lease) -> bool:
+    """Whether the peer's lease says it finishes TCP checksums itself (our offload path)."""
+    data = lease.attrs.backend_data
+    return isinstance(data, dict) and data.get(PARTIAL_KEY) is True
 
 
 class UdpBackend(Backend):
@@ -67,12 +79,19 @@ class UdpBackend(Backend):
         self.sock: Optional[socket.socket] = None
         self.forwarder: Optional[Forwarder] = None
         self.offload = False  # TSO from flannel0 + UDP GSO/GRO (decided in setup)
+        self._announced: Optional[bool] = None  # our lease says PartialChecksums (decided once)
 
     # --- setup ---------------------------------------------------------------------------
     def lease_attrs(self, public_ip: Any = None, public_ipv6: Any = None,
                     previous: Optional[LeaseAttrs] = None) -> LeaseAttrs:
-        """PublicIP only, byte for byte what upstream's udp backend leases with."""
-        return LeaseAttrs(public_ip=public_ip)
+        """PublicIP, as upstream's udp backend leases with, plus our PartialChecksums where the
+        offload path will run (the lease is taken before flannel0 exists)."""
+        return LeaseAttrs(public_ip=public_ip, backend_data=self._backend_data())
+
+    def _backend_data(self) -> Optional[Dict[str, Any]]:
+        if self._announced is None:
+            self._announced = os.environ.get(OFFLOAD_ENV) != "0" and not _probe_new_socket()
+        return {PARTIAL_KEY: True} if self._announced else None
 
     def setup(self, node: Lease) -> Dict[str, Any]:
         if node.backend_type not in ACCEPTED_TYPES:
@@ -112,14 +131,22 @@ class UdpBackend(Backend):
             sock.setsockopt(SOL_UDP, UDP_GRO, 0)
             why_not = "unavailable on TUN devices here"
         self.sock = sock
+        data = self._backend_data()
         cls = OffloadForwarder if self.offload else Forwarder
         self.forwarder = cls(self.tun_fd, sock, self._table(), str(side.subnet), self.mtu)
+        if data and not self.offload:  # announced, but flannel0 took no offloads after all
+            log.warning("udp: the lease says %s but flannel0 has no offloads: TCP checksums of "
+                        "packets from peers are recomputed here (slow)", PARTIAL_KEY)
+            self.forwarder.finish_tcp_checksums = True
         self.forwarder.start()
         counters.register(lambda: self.forwarder.counters if self.forwarder else None)
         log.info("udp: flannel0 up (%s, MTU %d), listening on %s:%d; %s", self.address, self.mtu,
                  side.public_ip, self.port, "offloads: UDP GSO/GRO, TSO writes to flannel0" if self.offload
                  else f"plain path (offloads {why_not or 'unavailable'})")
-        return {"BackendType": ""}  # upstream's udp writes PublicIP only
+        out: Dict[str, Any] = {"BackendType": ""}  # upstream's udp writes no BackendType
+        if data:
+            out["BackendData"] = data
+        return out
 
     def _bind_address(self, public_ip: str) -> str:
         """The external interface's own address, as upstream binds (IfaceAddr): the PublicIP
@@ -242,12 +269,14 @@ class UdpBackend(Backend):
         return State.of([RouteEntry(self.network, None, DEVICE)]), refused
 
     def _table(self) -> PeerTable:
-        pairs = []
+        pairs, partial = [], []
         for lease in self.peers.values():
             side = lease.side(4)
             if side is not None and side.public_ip:
                 pairs.append((str(side.subnet), side.public_ip))
-        return PeerTable(self.network, pairs, self.port)
+                if takes_partial_checksums(lease):
+                    partial.append(side.public_ip)
+        return PeerTable(self.network, pairs, self.port, partial)
 
     def handle(self, events: Any) -> Any:
         try:
@@ -267,6 +296,12 @@ class UdpBackend(Backend):
 
     def counters(self) -> Dict[str, Any]:
         return self.forwarder.counters.as_dict() if self.forwarder else {}
+
+
+def _probe_new_socket() -> str:
+    """probe_socket on a throwaway socket: '' when UDP GSO/GRO are there, else why not."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return probe_socket(sock)
 
 
 def _set_buffers(sock: socket.socket, size: int) -> None:

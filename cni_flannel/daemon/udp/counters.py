@@ -29,14 +29,16 @@ class Direction:
         self.bytes = 0
         self.wakeups = 0
         self.batched = 0        # packets moved in a batch of several (one GSO send, one TSO write)
+        self.partial = 0        # segments sent with a partial TCP checksum (tso.py; peers that finish it)
         self.cpu_seconds = 0.0  # the thread's CPU time so far (user + system)
         self.system_seconds = 0.0  # of which in the kernel (the syscalls: copies, the stack)
         self.drops: Dict[str, int] = {}
 
     def add(self, packets: int, nbytes: int, drops: Dict[str, int], cpu: float = 0.0, batched: int = 0,
-            system: float = 0.0) -> None:
+            system: float = 0.0, partial: int = 0) -> None:
         self.packets += packets
         self.batched += batched
+        self.partial += partial
         self.bytes += nbytes
         self.wakeups += 1
         self.cpu_seconds = cpu
@@ -50,6 +52,7 @@ class Direction:
                              ("flannel_udp_bytes_total", d, self.bytes),
                              ("flannel_udp_wakeups_total", d, self.wakeups),
                              ("flannel_udp_batched_packets_total", d, self.batched),
+                             ("flannel_udp_partial_checksum_packets_total", d, self.partial),
                              ("flannel_udp_cpu_seconds_total", d, self.cpu_seconds)]
         out += [("flannel_udp_drops_total", {**d, "reason": r}, n) for r, n in sorted(self.drops.items())]
         return out
@@ -69,6 +72,7 @@ class Counters:
 
     def as_dict(self) -> Dict[str, Dict[str, object]]:
         return {d.name: {"packets": d.packets, "bytes": d.bytes, "wakeups": d.wakeups, "batched": d.batched,
+                         "partial_checksum": d.partial,
                          "cpu_seconds": round(d.cpu_seconds, 3),
                          "system_seconds": round(d.system_seconds, 3), "drops": dict(d.drops)} for d in (self.tun_to_udp, self.udp_to_tun)}
 
@@ -80,6 +84,7 @@ HELP = {"flannel_udp_packets_total": "Packets the udp backend forwarded",
         "flannel_udp_bytes_total": "Bytes (inner IP packets) the udp backend forwarded",
         "flannel_udp_wakeups_total": "Times a forwarding thread woke up (packets per wakeup = batching)",
         "flannel_udp_batched_packets_total": "Packets moved several at a time (one UDP GSO send, one TSO write to flannel0)",
+        "flannel_udp_partial_checksum_packets_total": "TCP segments sent with a partial checksum, to peers whose lease says PartialChecksums",
         "flannel_udp_cpu_seconds_total": "CPU time of a forwarding thread",
         "flannel_udp_drops_total": "Packets the udp backend dropped, by reason"}
 

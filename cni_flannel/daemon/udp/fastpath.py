@@ -27,14 +27,16 @@ from typing import Dict, List, Optional, Tuple
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed, from_peers, inbound_drop
-from cni_flannel.daemon.udp.gro import run_iov, tcp_runs, tso_header
-from cni_flannel.daemon.udp.offload import (SOL_UDP, UDP_GRO, UDP_SEGMENT, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                                            VNET_HDR_LEN, complete_csum)
+from cni_flannel.daemon.udp.gro import lone_header, run_iov, tcp_runs, tso_header
+from cni_flannel.daemon.udp.offload import (SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO_ECN, UDP_GRO, UDP_SEGMENT,
+                                            VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
+                                            complete_csum)
+from cni_flannel.daemon.udp import tso
 from cni_flannel.daemon.udp.packet import BAD_HEADER, TTL_EXPIRED, decrement_ttl
 from cni_flannel.daemon.udp.routes import Addr, PeerTable
 
 ZERO_VNET = bytes(VNET_HDR_LEN)  # what we write before a lone packet: no GSO, no checksum to do
-TUN_OFFLOADS = 0                 # TUNSETOFFLOAD for flannel0: finished packets (see above)
+TUN_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN  # TUNSETOFFLOAD for flannel0 (see above)
 _VNET = struct.Struct("<BBHHHH")
 _SEG = struct.Struct("=H")
 MAX_UDP_PAYLOAD = 65507  # one sendmsg's limit, segments included
@@ -53,28 +55,91 @@ class OffloadForwarder(Forwarder):
     def _tun_to_udp(self) -> None:
         out = bytearray(2 * BUFSIZE)  # a batch (< 64 KB) plus one packet read past its end
         omv = memoryview(out)
+        sbuf = bytearray(BUFSIZE)     # a TSO super-packet, moved out of the way to be cut
+        smv = memoryview(sbuf)
         vh = bytearray(VNET_HDR_LEN)
-        readv, sendto, sendmsg, route = os.readv, self.sock.sendto, self.sock.sendmsg, self._route
+        readv, sendmsg, route = os.readv, self.sock.sendmsg, self._route
         pack_seg = _SEG.pack
         full = MAX_UDP_PAYLOAD - self.mtu  # past this the next packet might not fit the batch
 
         def send(end: int, seg: int, count: int, addr: Addr, drops: Dict[str, int], moved: List[int]) -> None:
             """Send the batch out[:end] (``count`` packets of ``seg`` bytes, the last may be
             shorter) as one datagram each; ``moved``: packets, bytes, packets sent in batches."""
+            send_iov([omv[:end]], end, seg, count, addr, drops, moved)
+
+        def send_iov(iov: List[memoryview], nbytes: int, seg: int, count: int, addr: Addr,
+                     drops: Dict[str, int], moved: List[int]) -> bool:
             try:
                 if count == 1:
-                    sendto(omv[:end], addr)
+                    sendmsg(iov, (), 0, addr)
                 else:
-                    sendmsg([omv[:end]], [(SOL_UDP, UDP_SEGMENT, pack_seg(seg))], 0, addr)
+                    sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, pack_seg(seg))], 0, addr)
                     moved[2] += count
             except OSError:  # e.g. EHOSTUNREACH, ENETUNREACH: the peer's problem, not ours
                 drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + count
-                return
+                return False
             moved[0] += count
-            moved[1] += end
+            moved[1] += nbytes
+            return True
+
+        join = b"".join
+        hbuf = bytearray(MAX_SEGMENTS * 120)  # the segments' headers (IP and TCP: 60 bytes each at most)
+        hmv = memoryview(hbuf)
+        pieces_for: Dict[Tuple[int, int, int], List[memoryview]] = {}
+
+        def iov_for(cut: tso.TcpCut, n: int, first: int, k: int) -> List[memoryview]:
+            """header, payload, header, payload ...: segments ``first`` .. ``first + k - 1``
+            of the super-packet smv[:n] with their headers in hbuf, for one sendmsg (the
+            slices are made once per header size, MSS and share)."""
+            hl, mss = cut.hl, cut.mss
+            key = (hl, mss, first)
+            pieces = pieces_for.get(key)
+            if pieces is None:
+                if len(pieces_for) > 64:
+                    pieces_for.clear()
+                pieces = pieces_for[key] = []
+                for j in range(MAX_SEGMENTS):
+                    src = hl + (first + j) * mss
+                    if src + mss > BUFSIZE:
+                        break
+                    pieces += (hmv[j * hl:(j + 1) * hl], smv[src:src + mss])
+            if first + k < cut.count:
+                return pieces[:2 * k]
+            j = k - 1
+            src = hl + (first + j) * mss
+            return pieces[:2 * j] + [hmv[j * hl:(j + 1) * hl], smv[src:n]]
+
+        def cut_and_send(pkt: memoryview, n: int, vh: bytearray, fd: int, table: PeerTable,
+                         drops: Dict[str, int], moved: List[int]) -> None:
+            """Send the TSO super-packet ``pkt[:n]`` (in sbuf) as its segments, in as few
+            sendmsg as the kernel takes (65,507 bytes, MAX_SEGMENTS a call)."""
+            _, gso_type, _, mss, _, _ = _VNET.unpack_from(vh, 0)
+            addr = route(pkt, n, fd, table, drops)
+            if addr is None:
+                return
+            tcp4 = gso_type & 0x7F == VIRTIO_NET_HDR_GSO_TCPV4
+            cut = tso.plan(pkt, n, mss) if tcp4 else None
+            if cut is None:
+                why = TTL_EXPIRED if tcp4 and n >= 40 and pkt[0] >> 4 == 4 and pkt[8] <= 1 else BAD_HEADER
+                drops[why] = drops.get(why, 0) + 1
+                return
+            partial = addr in table.partial
+            per_send = min(MAX_SEGMENTS, MAX_UDP_PAYLOAD // cut.size)
+            i = 0
+            while i < cut.count:
+                k = min(cut.count - i, per_send)
+                if partial and cut.headers(hmv, i, k):
+                    size = k * cut.hl + (min(n, cut.hl + (i + k) * mss) - cut.hl - i * mss)
+                    # one buffer: the kernel copies 88 small pieces slower than join does
+                    if send_iov([join(iov_for(cut, n, i, k))], size, cut.size, k, addr, drops, moved):
+                        moved[3] += k
+                else:  # full checksums (a peer without our offloads), or a field wraps
+                    end = cut.write(out, 0, i, k, not partial)
+                    send(end, cut.size, k, addr, drops, moved)
+                i += k
 
         def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> List[int]:
-            moved = [0, 0, 0]
+            moved = [0, 0, 0, 0]
             pos = seg = count = 0        # the batch: out[:pos], ``count`` packets for ``addr``
             dst = b""
             addr: Optional[Addr] = None
@@ -89,6 +154,14 @@ class OffloadForwarder(Forwarder):
                 if n < 20 or out[pos] >> 4 != 4:  # counted (short, not IPv4); the batch goes on
                     route(omv[pos:], n, fd, table, drops)
                     continue
+                if vh[1]:  # a TSO super-packet: the batch so far leaves, then its segments
+                    if count:
+                        send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
+                        count = 0
+                    smv[:n] = omv[pos:pos + n]
+                    pos = 0
+                    cut_and_send(smv, n, vh, fd, table, drops, moved)
+                    continue
                 here = out[pos + 16:pos + 20]
                 if count and (here != dst or n > seg):  # another peer, or no longer one train
                     send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
@@ -99,9 +172,12 @@ class OffloadForwarder(Forwarder):
                     if addr is None:
                         continue
                     dst, seg = here, n
-                if vh[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM or vh[1]:  # only if offloads were turned on
+                if vh[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:  # TUN_F_CSUM: the checksum is ours to finish
                     _, _, _, _, cstart, coff = _VNET.unpack_from(vh, 0)
-                    if vh[1] or not complete_csum(omv[pos:pos + n], n, cstart, coff):
+                    # ... unless it is TCP for a peer that finishes it (as its flannel0 does)
+                    if out[pos + 9] == tso.PROTO_TCP and coff == 16 and addr in table.partial:
+                        moved[3] += 1
+                    elif not complete_csum(omv[pos:pos + n], n, cstart, coff):
                         drops[BAD_HEADER] = drops.get(BAD_HEADER, 0) + 1
                         continue
                 ttl = out[pos + 8]
@@ -143,7 +219,7 @@ class OffloadForwarder(Forwarder):
                 if count == 1:
                     one = mv[off:off + size]
                     decrement_ttl(one)  # cannot fail: inbound_drop checked the TTL
-                    writev(fd, [ZERO_VNET, one])
+                    writev(fd, [lone_header(mv, off, size), one])
                 else:
                     first = off // step
                     iov = run_iov(mv, n, step, first, count)

@@ -35,6 +35,8 @@ import time
 from typing import Any, Callable, Container, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cni_flannel.daemon.udp import counters as C
+from cni_flannel.daemon.udp.gro import NO_VNET, lone_header
+from cni_flannel.daemon.udp.offload import complete_csum
 from cni_flannel.daemon.udp.packet import (Buffer, check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT,
                                            TTL_EXPIRED)
 from cni_flannel.daemon.udp.routes import Addr, PeerTable
@@ -50,7 +52,7 @@ RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", 1)  # Linux; the constant is 
 _GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
 
 # One direction's inner loop: drain(fd, peer table, drops) -> (packets, bytes) it moved, and
-# optionally how many of them moved in batches of several.
+# optionally how many of them moved in batches of several, and with partial checksums.
 Drain = Callable[[int, PeerTable, Dict[str, int]], Sequence[int]]
 
 
@@ -69,6 +71,9 @@ class Forwarder:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._threads: List[threading.Thread] = []
         self._last_log = ""
+        # Our lease said PartialChecksums but this (plain) path cannot write NEEDS_CSUM into
+        # flannel0: peers' TCP checksums are finished here instead (backends/udp.py).
+        self.finish_tcp_checksums = False
 
     # --- control (called from the backend's thread) ----------------------------------
     def start(self) -> None:
@@ -150,7 +155,7 @@ class Forwarder:
             moved = drain(fd, self.table, drops)
             ru = usage(RUSAGE_THREAD)
             stats.add(moved[0], moved[1], drops, ru.ru_utime + ru.ru_stime, moved[2] if len(moved) > 2 else 0,
-                      ru.ru_stime)
+                      ru.ru_stime, moved[3] if len(moved) > 3 else 0)
 
     # --- flannel0 -> peers ---------------------------------------------------------------
     def _route(self, pkt: memoryview, n: int, fd: int, table: PeerTable, drops: Dict[str, int]) -> Optional[Addr]:
@@ -218,6 +223,7 @@ class Forwarder:
         recv = functools.partial(self.sock.recvfrom_into, buf, BUFSIZE, socket.MSG_DONTWAIT)
         write = os.write
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
+        finish = self.finish_tcp_checksums
 
         def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int]:
             packets = nbytes = 0
@@ -227,6 +233,8 @@ class Forwarder:
                     drops[why] = drops.get(why, 0) + 1
                     continue
                 decrement_ttl(buf)  # cannot fail: inbound_drop checked the TTL
+                if finish and lone_header(mv, 0, n) is not NO_VNET:  # pseudo-header sum put in
+                    complete_csum(mv[:n], n, (buf[0] & 0x0F) * 4, 16)
                 try:
                     write(fd, mv[:n])
                 except OSError:

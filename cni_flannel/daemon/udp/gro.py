@@ -39,6 +39,7 @@ _VARYING = "2xH20xI5xB"          # 34 bytes: up to the TCP flags
 _SAME = "2s4x4s2x12s4x5s1x2s2x"  # 40 bytes, then the urgent pointer and options
 _PIECES = 6
 _VNET = struct.Struct("<BBHHHH")
+NO_VNET = bytes(_VNET.size)
 _cache: Dict[Tuple[int, int, int], Tuple[struct.Struct, struct.Struct]] = {}
 
 
@@ -130,6 +131,19 @@ def tso_header(buf: Buffer, off: int, payload: int, last_flags: int) -> bytes:
     h[36], h[37] = s >> 8, s & 0xFF
     vnet = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hl, mss, 20, 16)
     return vnet + bytes(h)
+
+
+def lone_header(buf: Buffer, off: int, size: int) -> bytes:
+    """The virtio_net_hdr for one packet ``buf[off:off + size]`` written alone: for a TCP
+    packet (no fragment) NEEDS_CSUM, with the pseudo-header sum put in its checksum field
+    (its sender may have sent a partial checksum, tso.py); for anything else none."""
+    ihl = (buf[off] & 0x0F) * 4
+    if buf[off + 9] != PROTO_TCP or buf[off + 6] & 0x3F or buf[off + 7] or size < ihl + 20:
+        return NO_VNET
+    s = (int.from_bytes(buf[off + 12:off + 20], "big") + PROTO_TCP + size - ihl) % 0xFFFF or 0xFFFF
+    at = off + ihl + 16
+    buf[at], buf[at + 1] = s >> 8, s & 0xFF
+    return _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, ihl, 16)
 
 
 def run_iov(mv: Buffer, n: int, step: int, first: int, count: int) -> List[Buffer]:

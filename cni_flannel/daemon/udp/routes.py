@@ -15,8 +15,11 @@ Addr = Tuple[str, int]
 
 
 class PeerTable:
-    def __init__(self, network: str, peers: Iterable[Tuple[str, str]] = (), port: int = 8285) -> None:
-        """``network``: the cluster Network; ``peers``: (subnet, public IP) pairs."""
+    def __init__(self, network: str, peers: Iterable[Tuple[str, str]] = (), port: int = 8285,
+                 partial_csum: Iterable[str] = ()) -> None:
+        """``network``: the cluster Network; ``peers``: (subnet, public IP) pairs;
+        ``partial_csum``: the public IPs of peers whose lease says they take TCP packets with
+        partial checksums (tso.py), the others get full checksums."""
         self.network = ipaddress.IPv4Network(network)
         self.port = port
         by_len: Dict[int, Dict[int, Addr]] = {}
@@ -26,6 +29,7 @@ class PeerTable:
         self._levels: List[Tuple[int, Dict[int, Addr]]] = [
             ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, by_len[plen]) for plen in sorted(by_len, reverse=True)]
         self.sources: FrozenSet[str] = frozenset(a[0] for _, level in self._levels for a in level.values())
+        self.partial: FrozenSet[Addr] = frozenset((ip, port) for ip in partial_csum)
         self._net = int(self.network.network_address)
         self._netmask = int(self.network.netmask)
 
