@@ -42,11 +42,13 @@ def http_get(node: Node, path: str, port: int = HEALTHZ_PORT) -> Tuple[int, str]
 class Flanneld:
     """One flanneld process in ``node``; its stderr goes to a log file in the lab's run dir."""
 
-    def __init__(self, node: Node, endpoint: str, extra: Sequence[str] = (), ttl: int = 0) -> None:
+    def __init__(self, node: Node, endpoint: str, extra: Sequence[str] = (), ttl: int = 0,
+                 env: Sequence[str] = ()) -> None:
+        """``env``: KEY=VALUE settings for this flanneld only (run through env(1))."""
         if not FLANNELD.exists():
             raise AssertionError(f"{FLANNELD} is missing: run 'make binaries'")
         self.node = node
-        self.argv = [str(FLANNELD), f"--etcd-endpoints={endpoint}", "--iface=eth0", "--ip-masq",
+        self.argv = [*(["env", *env] if env else []), str(FLANNELD), f"--etcd-endpoints={endpoint}", "--iface=eth0", "--ip-masq",
                      "--iptables-resync=1", "--healthz-ip=127.0.0.1", f"--healthz-port={HEALTHZ_PORT}",
                      "--startup-timeout=20", *([f"--subnet-lease-ttl={ttl}"] if ttl else []), *extra]
         self.runs = 0

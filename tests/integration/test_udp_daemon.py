@@ -22,7 +22,9 @@ def flannel0(node):
 def test_udp_daemon_three_nodes_metrics_repair_and_restart(make_node, etcd_factory):
     etcd = EtcdNode(make_node, etcd_factory, conf=NO_BACKEND_CONF)
     nodes = [flannel_node(make_node(f"n{i}", underlay=True), subnet_env=None) for i in range(1, 4)]
-    daemons = [Flanneld(n, etcd.endpoint).start() for n in nodes]
+    # n3 runs the plain path (FLANNELD_UDP_OFFLOAD=0): a node without our offloads in the mix
+    daemons = [Flanneld(n, etcd.endpoint, env=["FLANNELD_UDP_OFFLOAD=0"] if n is nodes[2] else []).start()
+               for n in nodes]
     for d in daemons:
         d.ready()
     leases = etcd.leases()
@@ -31,8 +33,10 @@ def test_udp_daemon_three_nodes_metrics_repair_and_restart(make_node, etcd_facto
         env = subnet_env(n)
         assert env["FLANNEL_MTU"] == str(MTU)
         key = env["FLANNEL_SUBNET"].rsplit(".", 1)[0] + ".0-24"
-        # byte for byte what upstream's udp backend writes: PublicIP only
-        assert leases[key]["value"] == '{"PublicIP":"%s","PublicIPv6":null}' % n.underlay_ip
+        # byte for byte what upstream's udp backend writes (PublicIP only); the offload path
+        # adds BackendData PartialChecksums, which upstream ignores for udp
+        extra = ',"BackendData":{"PartialChecksums":true}' if n is not nodes[2] else ""
+        assert leases[key]["value"] == '{"PublicIP":"%s","PublicIPv6":null%s}' % (n.underlay_ip, extra)
         link = flannel0(n)
         assert link and link["mtu"] == MTU and link["linkinfo"]["info_kind"] == "tun", link
     pods = []
@@ -45,10 +49,17 @@ def test_udp_daemon_three_nodes_metrics_repair_and_restart(make_node, etcd_facto
                 out = pa.run(["ping", "-c", "1", "-W", "2", ip], check=False).stdout
                 assert "ttl=60" in out, out  # two kernels and two forwarders decrement it
     transfer(pods[0][0], pods[1][0], pods[1][1], 16 << 20)
-    code, text = http_get(nodes[0], "/metrics")
-    assert code == 200, text
-    sent = [line for line in text.splitlines() if line.startswith('flannel_udp_packets_total{direction="tun_to_udp"}')]
-    assert sent and float(sent[0].split()[-1]) > (16 << 20) / MTU, sent
+    transfer(pods[0][0], pods[2][0], pods[2][1], 4 << 20, port=5002)  # to the plain node: full checksums
+
+    def metric(name: str) -> float:
+        code, text = http_get(nodes[0], "/metrics")
+        assert code == 200, text
+        got = [line for line in text.splitlines() if line.startswith(name + '{direction="tun_to_udp"}')]
+        assert got, text
+        return float(got[0].split()[-1])
+    assert metric("flannel_udp_packets_total") > (20 << 20) / MTU
+    # n2's lease says PartialChecksums: the stream to it was cut with partial sums
+    assert metric("flannel_udp_partial_checksum_packets_total") > (16 << 20) / MTU / 2
     # flannel0 deleted under the running daemon: back within a resync, traffic flows again.
     n1 = nodes[0]
     old = flannel0(n1)["ifindex"]
@@ -79,8 +90,8 @@ def test_udp_daemon_kube_mode_as_the_daemonset(lab, make_node):
     for name, node in c.nodes.items():
         assert kube_env(node)["FLANNEL_MTU"] == str(MTU)
         # upstream's udp node annotations: no backend type, null backend data
-        assert c.annotations(name) == {"backend-type": "", "backend-data": "null", "kube-subnet-manager": "true",
-                                       "public-ip": node.underlay_ip}
+        assert c.annotations(name) == {"backend-type": "", "backend-data": '{"PartialChecksums":true}',
+                                       "kube-subnet-manager": "true", "public-ip": node.underlay_ip}
         pod = node.add_pod("p1")
         pods[name] = (pod, drivers.libcni(node, "add", "cbr0", pod, cid=f"{name}-p1")["ips"][0]["address"].split("/")[0])
     for a, (pa, _) in pods.items():

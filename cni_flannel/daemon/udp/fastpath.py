@@ -26,7 +26,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from cni_flannel.daemon.udp import counters as C
-from cni_flannel.daemon.udp.forwarder import BUFSIZE, Forwarder, _read_failed, from_peers, inbound_drop
+from cni_flannel.daemon.udp.forwarder import BUFSIZE, Drain, Forwarder, _read_failed, from_peers, inbound_drop
 from cni_flannel.daemon.udp.gro import lone_header, run_iov, tcp_runs, tso_header
 from cni_flannel.daemon.udp.offload import (SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO_ECN, UDP_GRO, UDP_SEGMENT,
                                             VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
@@ -52,7 +52,7 @@ class OffloadForwarder(Forwarder):
         except OSError:
             pass
 
-    def _tun_to_udp(self) -> None:
+    def _tun_to_udp_drain(self) -> Drain:
         out = bytearray(2 * BUFSIZE)  # a batch (< 64 KB) plus one packet read past its end
         omv = memoryview(out)
         sbuf = bytearray(BUFSIZE)     # a TSO super-packet, moved out of the way to be cut
@@ -199,9 +199,9 @@ class OffloadForwarder(Forwarder):
                 send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
             return moved
 
-        self._pump(self._tun_wakeups(), self.counters.tun_to_udp, drain)
+        return drain
 
-    def _udp_to_tun(self) -> None:
+    def _udp_to_tun_drain(self) -> Drain:
         buf = bytearray(BUFSIZE)
         mv = memoryview(buf)
         recv = functools.partial(self.sock.recvmsg_into, [buf], socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
@@ -251,7 +251,7 @@ class OffloadForwarder(Forwarder):
                     batched += moved if moved > 1 else 0
             return packets, nbytes, batched
 
-        self._pump(self._udp_wakeups(), self.counters.udp_to_tun, drain)
+        return drain
 
 
 def probe_socket(sock: socket.socket) -> str:

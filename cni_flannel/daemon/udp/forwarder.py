@@ -1,4 +1,4 @@
-"""The udp backend's data plane: two threads moving packets between flannel0 and UDP.
+"""The udp backend's data plane: a thread moving packets between flannel0 and UDP.
 
     fwd = Forwarder(tun_fd, sock, table, own_subnet="10.244.1.0/24", mtu=1472)
     fwd.start()
@@ -12,10 +12,13 @@ Network without a lease gets ICMP net unreachable written back into flannel0.
 ``udp_to_tun``: receive a datagram, accept it only from a peer's PublicIP, as one
 well-formed IPv4 packet for this node's subnet; decrement the TTL; write it to flannel0.
 
-Each thread sleeps in poll() and, once woken, drains its fd until EAGAIN (one wakeup moves
-a whole burst; the GIL is released in every syscall).  This is the plain path (one packet
-per syscall, any kernel); fastpath.OffloadForwarder replaces the two loops where the kernel
-has TUN offloads and UDP GSO/GRO.  Buffers are allocated once; the
+One thread sleeps in poll() on flannel0 and the socket and, once woken, drains each ready fd
+until EAGAIN (one wakeup moves a whole burst), as upstream's proxy does in one select loop.
+Two threads (FLANNELD_UDP_THREADS=2) overlap one direction's syscalls with the other's
+Python, but hand the GIL to each other at every syscall: measured (bench/udp), the context
+switches cost more than the overlap gains, ~1.4 against ~1.95 Gbit/s on 2 cores.  This is
+the plain path (one packet per syscall, any kernel); fastpath.OffloadForwarder replaces the
+two directions' drains where the kernel has TUN offloads and UDP GSO/GRO.  Buffers are allocated once; the
 per-packet work is slicing memoryviews.  Nothing a peer or a pod sends can stop a loop:
 every packet is either forwarded or counted as a drop with its reason.
 """
@@ -45,6 +48,7 @@ log = logging.getLogger("cni_flannel.daemon.udp")
 
 PROFILE_ENV = "CNI_FLANNEL_UDP_PROFILE"  # bench/udp: cProfile each loop into <value>.<thread>
 NICE_ENV = "FLANNELD_UDP_NICE"
+THREADS_ENV = "FLANNELD_UDP_THREADS"  # "2": a thread per direction (default: one for both)
 DATA_PLANE_NICE = -10
 BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole and counted
 LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
@@ -77,7 +81,10 @@ class Forwarder:
 
     # --- control (called from the backend's thread) ----------------------------------
     def start(self) -> None:
-        for target, name in ((self._tun_to_udp, "udp-tun2udp"), (self._udp_to_tun, "udp-udp2tun")):
+        pairs: Tuple[Tuple[Callable[[], None], str], ...] = ((self._both_ways, "udp-forward"),)
+        if os.environ.get(THREADS_ENV) == "2":
+            pairs = ((self._tun_to_udp, "udp-tun2udp"), (self._udp_to_tun, "udp-udp2tun"))
+        for target, name in pairs:
             t = threading.Thread(target=_thread_main(target, name, lambda: self._stopping), name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -157,6 +164,50 @@ class Forwarder:
             stats.add(moved[0], moved[1], drops, ru.ru_utime + ru.ru_stime, moved[2] if len(moved) > 2 else 0,
                       ru.ru_stime, moved[3] if len(moved) > 3 else 0)
 
+    def _tun_to_udp(self) -> None:
+        self._pump(self._tun_wakeups(), self.counters.tun_to_udp, self._tun_to_udp_drain())
+
+    def _udp_to_tun(self) -> None:
+        self._pump(self._udp_wakeups(), self.counters.udp_to_tun, self._udp_to_tun_drain())
+
+    def _both_ways(self) -> None:
+        """Both directions in one thread (one poll on flannel0 and the socket): no GIL handed
+        back and forth between two busy threads of one process."""
+        out_drain, in_drain = self._tun_to_udp_drain(), self._udp_to_tun_drain()
+        sock = self.sock.fileno()
+        usage = resource.getrusage
+        spent = {"out": [0.0, 0.0], "in": [0.0, 0.0]}
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        poller.register(sock, select.POLLIN)
+        next_log = time.monotonic() + LOG_EVERY
+        fd = -1
+        while not self._stopping:
+            if fd != self.tun_fd:
+                if fd >= 0:
+                    _unregister(poller, fd)
+                fd = self.tun_fd
+                poller.register(fd, select.POLLIN)
+            for rfd, _ in poller.poll(1000):
+                if rfd == self._wake_r:
+                    _drain_pipe(rfd)
+                    continue
+                way, drain, stats = (("out", out_drain, self.counters.tun_to_udp) if rfd == fd
+                                     else ("in", in_drain, self.counters.udp_to_tun))
+                before = usage(RUSAGE_THREAD)
+                drops: Dict[str, int] = {}
+                moved = drain(fd, self.table, drops)
+                after = usage(RUSAGE_THREAD)
+                acc = spent[way]
+                acc[0] += after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+                acc[1] += after.ru_stime - before.ru_stime
+                stats.add(moved[0], moved[1], drops, acc[0], moved[2] if len(moved) > 2 else 0,
+                          acc[1], moved[3] if len(moved) > 3 else 0)
+            now = time.monotonic()
+            if now >= next_log:
+                self.log_counters()
+                next_log = now + LOG_EVERY
+
     # --- flannel0 -> peers ---------------------------------------------------------------
     def _route(self, pkt: memoryview, n: int, fd: int, table: PeerTable, drops: Dict[str, int]) -> Optional[Addr]:
         """The peer for the packet ``pkt[:n]`` read from flannel0; None when it goes nowhere
@@ -183,7 +234,7 @@ class Forwarder:
         except OSError:
             pass
 
-    def _tun_to_udp(self) -> None:
+    def _tun_to_udp_drain(self) -> Drain:
         buf = bytearray(BUFSIZE)
         mv = memoryview(buf)
         bufs = [buf]
@@ -214,10 +265,10 @@ class Forwarder:
                 nbytes += n
             return packets, nbytes
 
-        self._pump(self._tun_wakeups(), self.counters.tun_to_udp, drain)
+        return drain
 
     # --- peers -> flannel0 ---------------------------------------------------------------
-    def _udp_to_tun(self) -> None:
+    def _udp_to_tun_drain(self) -> Drain:
         buf = bytearray(BUFSIZE)
         mv = memoryview(buf)
         recv = functools.partial(self.sock.recvfrom_into, buf, BUFSIZE, socket.MSG_DONTWAIT)
@@ -244,7 +295,7 @@ class Forwarder:
                 nbytes += n
             return packets, nbytes
 
-        self._pump(self._udp_wakeups(), self.counters.udp_to_tun, drain)
+        return drain
 
 
 def from_peers(recv: Callable[[], Tuple[Any, ...]], sources: Container[str],
