@@ -107,11 +107,19 @@ def bench_backend(kind: str, seconds: int, runs: int, profile: str = "") -> Dict
             (client, _), (server, ips) = c.members[0].pods[0], c.members[1].pods[0]
             ip = ips[0]
         assert client.ping(ip), f"{kind}: no connectivity"
+        before = [m.proc.ok("counters") for m in c.members] if kind.startswith("udp") else []
         samples = [iperf(client, server, ip, seconds) for _ in range(runs)]
         result: Dict[str, Any] = {"runs": samples, "gbps": max(s["gbps"] for s in samples),
                                   **ping_rtt(client, ip)}
         if kind.startswith("udp"):
-            sender, receiver = (m.proc.ok("counters")["counters"] for m in c.members)
+            after = [m.proc.ok("counters") for m in c.members]
+            sender, receiver = (a["counters"] for a in after)
+            # each node's whole forwarder process (all threads), per data packet of the runs:
+            # exact (the kernel's run time), unlike the per-direction split of one thread's time
+            sent = sender["tun_to_udp"]["packets"] - before[0]["counters"]["tun_to_udp"]["packets"]
+            result["process_cpu_us_per_packet"] = {
+                m.node.name: round((a["process_cpu_seconds"] - b["process_cpu_seconds"]) / max(sent, 1) * 1e6, 2)
+                for m, a, b in zip(c.members, after, before)}
             result["forwarder"] = {"sender": sender, "receiver": receiver}
             out, inn = sender["tun_to_udp"], receiver["udp_to_tun"]
             # CPU per packet, independent of how busy the machine is
@@ -185,6 +193,8 @@ def main() -> int:
             c, k = r["cpu_us_per_packet"], r["kernel_us_per_packet"]
             cpu = (f"  CPU us/packet: encapsulate {c['encapsulate']} (kernel {k['encapsulate']}), "
                    f"decapsulate {c['decapsulate']} (kernel {k['decapsulate']})")
+        if "process_cpu_us_per_packet" in r:
+            cpu += f"  process CPU us/packet: {r['process_cpu_us_per_packet']}"
         print(f"{kind:9} {r['gbps']:7.2f} Gbit/s  rtt avg {r['rtt_avg_ms']:.3f} ms{cpu}", flush=True)
         if "losses" in r:
             print(f"{'':9} retransmits {[x['retransmits'] for x in r['runs']]}, drops {r['losses']}", flush=True)

@@ -159,3 +159,48 @@ def test_non_tcp_and_short_buffers_are_written_alone():
     bare = segments(b"y" * 300, 300, 0, psh_last=False) + [tcp_packet(b"", seq=300, flags=0x10)]
     mv, n, step = gro_buffer(bare)   # a header without payload cannot join a run
     assert gro.tcp_runs(mv, n, step) == [(0, 1), (1, 1)]
+
+
+def whole(mv: memoryview, n: int, step: int) -> bool:
+    hl = 20 + (mv[32] >> 4) * 4
+    return gro.whole_run(mv, n, step, [mv[o:o + hl] for o in range(0, n, step)])
+
+
+@PROPERTY
+@given(data=st.data())
+def test_the_fast_whole_run_check_never_says_yes_where_tcp_runs_says_no(data):
+    """whole_run (block compares) is a shortcut for tcp_runs == [(0, all)]: mutate any field
+    of any segment and it must not accept what the field-by-field rules split."""
+    mss = data.draw(st.integers(200, 1400))
+    seq = data.draw(st.sampled_from([1000, (1 << 32) - 3 * mss, data.draw(st.integers(0, (1 << 32) - 1))]))
+    count = data.draw(st.integers(2, 40))
+    stream = random.Random(mss).randbytes(mss * count - data.draw(st.integers(0, mss - 1)))
+    packets = segments(stream, mss, seq, psh_last=data.draw(st.booleans()),
+                       options=data.draw(st.sampled_from([b"", TS])))
+    if sum(map(len, packets)) > 65535:
+        return
+    clean = gro_buffer([bytes(p) for p in packets])
+    for _ in range(data.draw(st.integers(0, 3))):
+        p = packets[data.draw(st.integers(0, len(packets) - 1))]
+        at = data.draw(st.integers(0, len(p) - 1 if len(p) < 60 else 59))
+        p[at] ^= 1 << data.draw(st.integers(0, 7))
+    mv, n, step = gro_buffer(packets)
+    if whole(mv, n, step):
+        assert gro.tcp_runs(mv, n, step) == [(0, len(packets))]
+    if seq + (count - 1) * mss < 1 << 32:  # untouched and not wrapping: the shortcut is taken
+        assert whole(*clean) and gro.tcp_runs(*clean) == [(0, len(packets))]
+
+
+def test_the_whole_run_check_ignores_ids_and_checksums_only():
+    packets = segments(random.Random(7).randbytes(500 * 6), 500, 77, psh_last=True)
+    for i, p in enumerate(packets):  # a sender with fixed ids and partial checksums
+        p[4:6] = b"\0\0"
+        p[36:38] = (i * 977).to_bytes(2, "big")
+    assert whole(*gro_buffer(packets))
+    for at, why in ((8, "TTL"), (1, "TOS"), (47, "window"), (50, "an option")):
+        bad = [bytearray(p) for p in packets]
+        bad[3][at] ^= 1
+        assert not whole(*gro_buffer(bad)), why
+    bad = [bytearray(p) for p in packets]
+    bad[2][33] = 0x18  # PSH before the last
+    assert not whole(*gro_buffer(bad))

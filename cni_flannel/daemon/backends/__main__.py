@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import logging
 import sys
 from typing import Any, Dict
@@ -57,8 +58,9 @@ def serve(be: Any, line: str) -> Dict[str, Any]:
         return {"ok": True, "plan": plan.to_dict()}
     if op == "peers":
         return {"ok": True, "peers": [p.to_dict() for p in be.peers.values()]}
-    if op == "counters" and hasattr(be, "counters"):  # the udp forwarder's
-        return {"ok": True, "counters": be.counters()}
+    if op == "counters" and hasattr(be, "counters"):  # the udp forwarder's, and this process's CPU
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {"ok": True, "counters": be.counters(), "process_cpu_seconds": ru.ru_utime + ru.ru_stime}
     return {"ok": False, "error": "InvalidRequest", "msg": f"unknown op {op!r}"}
 
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.forwarder import BUFSIZE, Drain, Forwarder, _read_failed, from_peers, inbound_drop
-from cni_flannel.daemon.udp.gro import lone_header, run_iov, tcp_runs, tso_header
+from cni_flannel.daemon.udp.gro import lone_header, run_iov, tcp_runs, tso_header, whole_run
 from cni_flannel.daemon.udp.offload import (SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO_ECN, UDP_GRO, UDP_SEGMENT,
                                             VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
                                             complete_csum)
@@ -55,9 +55,10 @@ class OffloadForwarder(Forwarder):
     def _tun_to_udp_drain(self) -> Drain:
         out = bytearray(2 * BUFSIZE)  # a batch (< 64 KB) plus one packet read past its end
         omv = memoryview(out)
-        sbuf = bytearray(BUFSIZE)     # a TSO super-packet, moved out of the way to be cut
+        sbuf = bytearray(BUFSIZE)     # each read: a finished packet, or a TSO super-packet to cut
         smv = memoryview(sbuf)
         vh = bytearray(VNET_HDR_LEN)
+        rbufs = [vh, smv]
         readv, sendmsg, route = os.readv, self.sock.sendmsg, self._route
         pack_seg = _SEG.pack
         full = MAX_UDP_PAYLOAD - self.mtu  # past this the next packet might not fit the batch
@@ -145,23 +146,22 @@ class OffloadForwarder(Forwarder):
             addr: Optional[Addr] = None
             while True:
                 try:
-                    n = readv(fd, [vh, omv[pos:pos + BUFSIZE]]) - VNET_HDR_LEN
+                    n = readv(fd, rbufs) - VNET_HDR_LEN
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     _read_failed(exc, drops)
                     break
-                if n < 20 or out[pos] >> 4 != 4:  # counted (short, not IPv4); the batch goes on
-                    route(omv[pos:], n, fd, table, drops)
+                if n < 20 or sbuf[0] >> 4 != 4:  # counted (short, not IPv4); the batch goes on
+                    route(smv, n, fd, table, drops)
                     continue
                 if vh[1]:  # a TSO super-packet: the batch so far leaves, then its segments
                     if count:
                         send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
-                        count = 0
-                    smv[:n] = omv[pos:pos + n]
-                    pos = 0
+                        pos = count = 0
                     cut_and_send(smv, n, vh, fd, table, drops, moved)
                     continue
+                omv[pos:pos + n] = smv[:n]  # a finished packet joins the batch
                 here = out[pos + 16:pos + 20]
                 if count and (here != dst or n > seg):  # another peer, or no longer one train
                     send(pos, seg, count, addr, drops, moved)  # type: ignore[arg-type]
@@ -222,14 +222,34 @@ class OffloadForwarder(Forwarder):
                     writev(fd, [lone_header(mv, off, size), one])
                 else:
                     first = off // step
-                    iov = run_iov(mv, n, step, first, count)
                     last = (first + count - 1) * step
+                    if first == 0 and last + step >= n:  # the whole buffer: payload slices made once
+                        iov = payloads_of(step, (mv[32] >> 4) * 4 + 20)[:count - 1]
+                        iov.append(mv[last + 20 + (mv[32] >> 4) * 4:n])
+                    else:
+                        iov = run_iov(mv, n, step, first, count)
                     payload = min(n, last + step) - off - count * (20 + (mv[off + 32] >> 4) * 4)
                     writev(fd, [tso_header(mv, off, payload, mv[last + 33])] + iov)
             except OSError:
                 drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + count
                 return 0
             return count
+
+        slices: Dict[Tuple[int, int], Tuple[List[memoryview], List[memoryview]]] = {}
+
+        def slices_of(step: int, hl: int) -> Tuple[List[memoryview], List[memoryview]]:
+            """The buffer's headers and payloads for datagrams of ``step`` bytes with ``hl``-byte
+            headers: memoryview slices made once per (step, hl), not once per run."""
+            got = slices.get((step, hl))
+            if got is None:
+                if len(slices) > 64:
+                    slices.clear()
+                offs = range(0, BUFSIZE - step + 1, step)
+                got = slices[(step, hl)] = ([mv[o:o + hl] for o in offs], [mv[o + hl:o + step] for o in offs])
+            return got
+
+        def payloads_of(step: int, hl: int) -> List[memoryview]:
+            return slices_of(step, hl)[1]
 
         def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int, int]:
             packets = nbytes = batched = 0
@@ -243,7 +263,12 @@ class OffloadForwarder(Forwarder):
                     packets += moved
                     nbytes += n if moved else 0
                     continue
-                for first, count in tcp_runs(mv, n, gso):
+                hl = 20 + (buf[32] >> 4) * 4 if n >= 40 and buf[0] == 0x45 else 0
+                if hl and 40 <= hl < gso and whole_run(mv, n, gso, slices_of(gso, hl)[0]):
+                    runs: List[Tuple[int, int]] = [(0, -(-n // gso))]
+                else:
+                    runs = tcp_runs(mv, n, gso)
+                for first, count in runs:
                     off = first * gso
                     moved = write(fd, off, min(gso, n - off), count, n, gso, drops)
                     packets += moved

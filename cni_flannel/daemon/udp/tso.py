@@ -29,7 +29,7 @@ _LEN_ID = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _tables: Dict[str, memoryview] = {}
-_ramps: Dict[int, Tuple[int, int]] = {}
+_seq_ramps: Dict[int, Tuple[int, int]] = {}
 
 
 def _table(name: str) -> memoryview:
@@ -42,12 +42,12 @@ def _table(name: str) -> memoryview:
     return t
 
 
-def _ramp(k: int) -> Tuple[int, int]:
+def seq_ramp(k: int) -> Tuple[int, int]:
     """(sum of X**j, sum of j * X**(k-1-j)) for X = 2**32, j < k: seq + j * mss for k segments,
     big-endian 32-bit words, is then ``seq * first + mss * second`` written out once."""
-    r = _ramps.get(k)
+    r = _seq_ramps.get(k)
     if r is None:
-        r = _ramps[k] = (sum(1 << (32 * j) for j in range(k)), sum(j << (32 * (k - 1 - j)) for j in range(k)))
+        r = _seq_ramps[k] = (sum(1 << (32 * j) for j in range(k)), sum(j << (32 * (k - 1 - j)) for j in range(k)))
     return r
 
 
@@ -106,7 +106,7 @@ class TcpCut:
         h16 = hv[:k * hl].cast("H")
         h16[2::w] = _table("up")[ident:ident + k]                     # id + 1 each
         h16[5::w] = _table("down")[s:s + k]                           # so the checksum - 1 each
-        ones, ramp = _ramp(k)
+        ones, ramp = seq_ramp(k)
         hv[:k * hl].cast("I")[(ihl + 4) // 4::hl // 4] = memoryview(
             (seq * ones + mss * ramp).to_bytes(4 * k, "big")).cast("I")  # seq + mss each
         flags = self._flags
