@@ -3,7 +3,9 @@ a FIFO, a symlink to a FIFO, a symlink to /dev/zero, a directory.  DEL must neit
 run has a deadline that fails the test) nor read the thing: it rebuilds the delegate config as for
 a lost or corrupt file and still releases the address; the planted name goes (unlink: never its
 target), a planted directory stays.  GC removes planted names of containers it does not keep.
-No traceback anywhere, and the node otherwise unchanged."""
+No traceback anywhere, and the node otherwise unchanged.  The plugin runs with a 1 GiB
+address-space cap, so a regression that reads /dev/zero fails the run instead of starving the
+machine (the agent variant plants FIFOs only: the agent's workers are not capped)."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,6 +18,7 @@ from tests.integration.flannel_node import CLEAN, SHIPPED, flannel_node, node_le
 
 DIR = "/var/lib/cni/flannel"
 DEADLINE = 20  # seconds; the plugin needs well under one — a blocked read fails the run
+CAPPED = "/run/flannel/capped/flannel"  # runs /opt/cni/bin/flannel under the memory cap
 CONF = {"cniVersion": "1.0.0", "name": "cbr0", "type": "flannel", "delegate": {"isDefaultGateway": True}}
 PLANT = {"fifo": "mkfifo {path}", "fifo-link": "ln -s /run/flannel/fifo {path}",
          "dev-zero-link": "ln -s /dev/zero {path}"}
@@ -23,8 +26,8 @@ PLANT = {"fifo": "mkfifo {path}", "fifo-link": "ln -s /run/flannel/fifo {path}",
 
 def flannel(node: Any, command: str, cid: str = "c0", netns: str = "", **conf: Any) -> Any:
     ifname = None if command == "GC" else "eth0"
-    done = run_plugin("flannel", command, {**CONF, **conf}, node=node, netns=netns, container_id=cid,
-                      ifname=ifname, timeout=DEADLINE)
+    done = run_plugin(CAPPED, command, {**CONF, **conf}, node=node, netns=netns, container_id=cid,
+                      ifname=ifname, cni_path="/opt/cni/bin", timeout=DEADLINE)
     assert "Traceback" not in done.stderr + done.stdout, done
     return done
 
@@ -35,18 +38,27 @@ def kind(node: Any, path: str) -> str:
 
 
 def prepare(node: Any) -> None:
-    """The data dir, and a FIFO outside it for the links to point at."""
+    """The data dir, a FIFO outside it for the links to point at, the capped plugin."""
     flannel_node(node, SHIPPED)
     node.run(["sh", "-ec", f"mkdir -p {DIR}; mkfifo /run/flannel/fifo"])
+    node.write_file(CAPPED, '#!/bin/sh\nexec prlimit --as=1073741824 -- /opt/cni/bin/flannel "$@"\n', mode=0o755)
 
 
 def plant(node: Any, what: str, cid: str) -> None:
     node.run(["sh", "-ec", f"rm -f {DIR}/{cid}; " + PLANT[what].format(path=f"{DIR}/{cid}")])
 
 
-@pytest.mark.parametrize("what", list(PLANT))
+@pytest.mark.parametrize("what", ["fifo", "fifo-link"])
 def test_del_of_a_pod_whose_saved_config_was_replaced_still_releases(node: Any, pod: Any, plugin_path: str,
                                                                      what: str) -> None:
+    del_of_a_pod_whose_saved_config_was_replaced(node, pod, what)
+
+
+def test_del_of_a_pod_whose_saved_config_is_a_link_to_dev_zero_still_releases(node: Any, pod: Any) -> None:
+    del_of_a_pod_whose_saved_config_was_replaced(node, pod, "dev-zero-link")
+
+
+def del_of_a_pod_whose_saved_config_was_replaced(node: Any, pod: Any, what: str) -> None:
     prepare(node)
     p = pod()
     added = flannel(node, "ADD", netns=p.path)
@@ -74,7 +86,7 @@ def test_del_of_an_unknown_container_with_a_planted_config_changes_nothing_else(
 
 
 def test_a_planted_directory_is_left_and_del_and_gc_go_on(node: Any, pod: Any) -> None:
-    flannel_node(node, SHIPPED)
+    prepare(node)
     p = pod()
     assert flannel(node, "ADD", netns=p.path).rc == 0
     node.run(["sh", "-ec", f"rm {DIR}/c0; mkdir -p {DIR}/c0 {DIR}/stale; touch {DIR}/c0/inside"])

@@ -1,8 +1,9 @@
 """flannel's saved delegate configs (<dataDir>/<containerID>) when something else stands at the
 name: a FIFO, a symlink (to a FIFO, to /dev/zero, to a file elsewhere), a directory, a file over
 MAX_SIZE.  load() must neither block, nor follow, nor read without bound: it answers None (DEL
-then rebuilds the config and still releases the address) and logs what it found.  The FIFO cases
-run in a child with a deadline, so a regression (a blocking open) fails instead of hanging."""
+then rebuilds the config and still releases the address) and logs what it found.  The FIFO and
+/dev/zero cases run in a child with a deadline and a 1 GiB address-space cap, so a regression (a
+blocking open, an endless read) fails the test instead of hanging it or starving the machine."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from cni_flannel.cni.errors import InvalidConfig, IOFailure
 from cni_flannel.flannel import saved_conf
 
 REPO = Path(__file__).resolve().parents[2]
-LOAD_IN_CHILD = ("import sys; from cni_flannel.flannel import saved_conf; "
-                 "print(repr(saved_conf.load(sys.argv[1], sys.argv[2])))")
+LOAD_IN_CHILD = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+                 "from cni_flannel.flannel import saved_conf; print(repr(saved_conf.load(sys.argv[1], sys.argv[2])))")
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_a_symlink_to_a_fifo_is_ignored_without_blocking(tmp_path: Path, log: Pa
 
 def test_a_symlink_to_dev_zero_is_not_read(tmp_path: Path, log: Path) -> None:
     (tmp_path / "c1").symlink_to("/dev/zero")
-    assert saved_conf.load(str(tmp_path), "c1") is None
+    assert load_in_child(tmp_path, "c1", log) == "None"
     assert "is a symlink" in log.read_text()
 
 
