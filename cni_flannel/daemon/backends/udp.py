@@ -21,9 +21,9 @@ interface (a previous host-gw run's) are removed: they would carry traffic past 
 Beyond upstream: datagrams from addresses that are no peer's PublicIP, and inner packets not
 for this node's subnet, are dropped; flannel0 gets accept_local=1 so the ICMP unreachable
 answers (from its own address) are not dropped as martians, and IPv6 off; where the kernel
-has them, UDP GSO/GRO with TSO writes into flannel0 (cni_flannel.daemon.udp.fastpath;
-FLANNELD_UDP_OFFLOAD=0 forces the plain path).  The forwarding threads run at nice -10
-(FLANNELD_UDP_NICE) and are restarted if a bug kills one.
+has them, TSO reads and writes on flannel0 with UDP GSO/GRO on the socket
+(cni_flannel.daemon.udp.fastpath; FLANNELD_UDP_OFFLOAD=0 forces the plain path).  The
+forwarding thread runs at nice -10 (FLANNELD_UDP_NICE) and is restarted if a bug kills it.
 """
 
 from __future__ import annotations
@@ -140,9 +140,10 @@ class UdpBackend(Backend):
             self.forwarder.finish_tcp_checksums = True
         self.forwarder.start()
         counters.register(lambda: self.forwarder.counters if self.forwarder else None)
+        how = ("offloads: UDP GSO/GRO, TSO on flannel0, partial TCP checksums to peers that take them"
+               if self.offload else f"plain path (offloads {why_not or 'unavailable'})")
         log.info("udp: flannel0 up (%s, MTU %d), listening on %s:%d; %s", self.address, self.mtu,
-                 side.public_ip, self.port, "offloads: UDP GSO/GRO, TSO writes to flannel0" if self.offload
-                 else f"plain path (offloads {why_not or 'unavailable'})")
+                 side.public_ip, self.port, how)
         out: Dict[str, Any] = {"BackendType": ""}  # upstream's udp writes no BackendType
         if data:
             out["BackendData"] = data

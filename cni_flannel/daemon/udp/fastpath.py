@@ -1,18 +1,20 @@
-"""The offload variant of the forwarder's two loops: work per batch, not per packet.
+"""The offload variant of the forwarder's two directions: work per 64 KB, not per packet.
 
-    flannel0 --read: one wire-ready packet each (the kernel segmented and checksummed)-->
-        packets for one peer laid end to end in one buffer --> one sendmsg(UDP_SEGMENT)
-    socket (UDP_GRO) --recvmsg: up to 64 KB of same-size datagrams--> gro.tcp_runs -->
-        one TSO write (virtio_net_hdr GSO_TCPV4) per run of one TCP flow's segments
+    flannel0 (TUN_F_TSO4|TUN_F_CSUM) --read: a TSO super-packet of one TCP flow-->
+        tso.py cuts it into the wire's segments --> one sendmsg(UDP_SEGMENT) per ~44 of them
+    socket (UDP_GRO) --recvmsg: up to 64 KB of same-size datagrams--> gro.whole_run /
+        gro.tcp_runs --> one TSO write (virtio_net_hdr GSO_TCPV4, NEEDS_CSUM) per run
 
-Why the sender does not take TSO super-packets from flannel0 (TUN_F_TSO4): cutting them
-in Python needs a checksum per segment over its payload, ~4.5 µs per 1.4 KB segment even
-with int.from_bytes, more than all the rest of the loop; the kernel does it while copying.
-flannel0 therefore has IFF_VNET_HDR (so GSO packets can be *written*) but no offloads, and
-each read returns one finished packet straight into the send buffer; per packet there is
-one readv, a destination compare and the TTL.  Measured numbers: bench/udp/README.md.
+The sender's cost is the segments' TCP checksums (a sum over each payload: ~4 µs per 1.4 KB
+in Python).  Our own peers do not need them: their flannel0 takes every TCP packet with
+NEEDS_CSUM, so the kernel finishes (or, for a local pod, never needs) the sum.  Their leases
+say so (BackendData PartialChecksums, backends/udp.py) and they get the pseudo-header sum
+only, the headers built a share at a time (tso.TcpCut.headers); other peers (upstream's
+proxy, our plain path) get full checksums from TcpCut.write.  Finished packets (ACKs, UDP,
+ICMP) are batched per peer as before; their partial checksums are finished here unless the
+peer takes them.  Measured numbers: bench/udp/README.md.
 
-Everything else (validation, peer table, TTL, unreachable, counters) is the plain loops'.
+Everything else (validation, peer table, TTL, unreachable, counters) is the plain path's.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class OffloadForwarder(Forwarder):
             pass
 
     def _tun_to_udp_drain(self) -> Drain:
-        out = bytearray(2 * BUFSIZE)  # a batch (< 64 KB) plus one packet read past its end
+        out = bytearray(2 * BUFSIZE)  # a batch (< 64 KB) and the packet joining it
         omv = memoryview(out)
         sbuf = bytearray(BUFSIZE)     # each read: a finished packet, or a TSO super-packet to cut
         smv = memoryview(sbuf)

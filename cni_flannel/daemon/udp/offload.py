@@ -1,10 +1,10 @@
 """The offload paths' constants and packet work (pure; no I/O): TUN virtio-net headers and
 flags, UDP GSO/GRO socket options, partial checksums completed.
 
-flannel0 is opened with IFF_VNET_HDR, so every packet carries a virtio_net_hdr: the receiving
-loop writes TSO packets with it (gro.py); the sending loop gets finished packets (no
-TUNSETOFFLOAD flags, see fastpath.py) and keeps ``complete_csum`` for a flannel0 that hands
-over a partial checksum anyway.
+flannel0 is opened with IFF_VNET_HDR and TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO_ECN: every packet
+carries a virtio_net_hdr; reads hand over TSO super-packets (tso.py cuts them) and packets
+with partial checksums (``complete_csum`` finishes them for peers that need it); the
+receiving direction writes TSO packets (gro.py).
 
 Checksums use the identity "one's complement sum of 16-bit words == the number mod 0xFFFF",
 so the summing runs in C (int.from_bytes) and never in a Python loop.
