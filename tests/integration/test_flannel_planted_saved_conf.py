@@ -111,3 +111,13 @@ def test_gc_drops_planted_configs_of_containers_it_does_not_keep(node: Any, pod:
     left = node_leftovers(node)
     assert left["saved"] == ["keep"] and left["held"] == ["10.244.1.2"]
     assert kind(node, "/run/flannel/fifo") == "fifo"
+
+
+def test_add_refuses_a_delegate_config_too_large_to_take_back(node: Any, pod: Any) -> None:
+    """The other half of the limit: a config DEL would not read back is never saved."""
+    prepare(node)
+    p = pod()
+    before = node_state(node)
+    done = flannel(node, "ADD", netns=p.path, delegate={"isDefaultGateway": True, "note": "x" * (1 << 20)})
+    assert done.rc == 1 and done.json["code"] == 7 and "more than the 1048576 flannel saves" in done.json["msg"], done
+    assert node_state(node) == before
