@@ -3,11 +3,13 @@ segmenter written here from RFC 791/793 (header per segment, checksums by a word
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 from typing import List
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from cni_flannel.daemon.udp import tso
 from cni_flannel.daemon.udp.gro import NO_VNET, lone_header
@@ -164,3 +166,29 @@ def test_lone_udp_icmp_and_fragments_are_written_as_they_are(proto, frag):
     struct.pack_into("!H", p, 6, frag)
     before = bytes(p)
     assert lone_header(memoryview(p), 0, len(p)) is NO_VNET and bytes(p) == before
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          derandomize=os.environ.get("CNI_FUZZ_RANDOM") != "1")
+@given(data=st.data())
+def test_any_bytes_read_from_flannel0_are_refused_or_cut_within_bounds(data):
+    """A super-packet with any field flipped, or plain garbage: plan() refuses it or its cut
+    writes exactly its segments, never past them, and never raises."""
+    if data.draw(st.booleans()):
+        pkt = bytearray(data.draw(st.binary(min_size=0, max_size=3000)))
+    else:
+        pkt = super_packet(bytes(data.draw(st.integers(1, 5000))), options=data.draw(st.sampled_from([b"", bytes(12)])))
+        for _ in range(data.draw(st.integers(0, 4))):
+            at = data.draw(st.integers(0, min(len(pkt), 60) - 1))
+            pkt[at] = data.draw(st.integers(0, 255))
+    mss = data.draw(st.integers(0, 2000))
+    cut = tso.plan(memoryview(pkt), len(pkt), mss)
+    if cut is None:
+        return
+    assert cut.count >= 1 and (cut.count - 1) * cut.size + cut.last_size == len(pkt) + (cut.count - 1) * cut.hl
+    out = bytearray(cut.count * cut.size + 64)
+    end = cut.write(out, 0, 0, cut.count, data.draw(st.booleans()))
+    assert end == (cut.count - 1) * cut.size + cut.last_size and not any(out[end:])
+    hv = memoryview(bytearray(cut.count * cut.hl + 8))
+    if cut.headers(hv, 0, cut.count):
+        assert not any(hv[cut.count * cut.hl:])
