@@ -204,3 +204,36 @@ def test_the_whole_run_check_ignores_ids_and_checksums_only():
     bad = [bytearray(p) for p in packets]
     bad[2][33] = 0x18  # PSH before the last
     assert not whole(*gro_buffer(bad))
+
+
+def test_the_two_trains_of_one_super_packet_are_joined_and_nothing_else():
+    mss = 1000
+    packets = segments(random.Random(9).randbytes(mss * 46), mss, 5000, psh_last=True)
+    head, tail = gro_buffer(packets[:44]), gro_buffer(packets[44:])
+    assert whole(*head) and whole(*tail)
+    (p, p_n, step), (q, q_n, _) = head, tail
+    assert gro.continues(p, p_n, q, q_n, step)
+    # the joined TSO packet carries the stream: header of the first, payloads in order
+    iov = gro.run_iov(p, p_n, step, 0, 44) + gro.run_iov(q, q_n, step, 0, 2)
+    hdr = gro.tso_header(p, 0, sum(len(x) for x in iov), q[q_n - step + 33] if q_n >= step else q[33])
+    joined = hdr[10:] + b"".join(bytes(x) for x in iov)
+    assert tcp_fields(joined)["payload"] == random.Random(9).randbytes(mss * 46)
+    assert len(joined) <= 65535 and check_ipv4(joined, len(joined)) is None
+    for what in ("seq", "port", "ack", "ts", "ttl"):
+        bad = [bytearray(x) for x in packets[44:]]
+        for x in bad:
+            if what == "seq":
+                x[24:28] = (int.from_bytes(x[24:28], "big") + 1).to_bytes(4, "big")
+            elif what == "port":
+                x[21] ^= 1
+            elif what == "ack":
+                x[31] ^= 1
+            elif what == "ts":
+                x[48] ^= 1
+            else:
+                x[8] -= 1
+        q2, q2_n, _ = gro_buffer(bad)
+        assert not gro.continues(p, p_n, q2, q2_n, step), what
+    small, small_n, small_step = gro_buffer(segments(b"z" * 2000, 1000, 64 * 1000, psh_last=False))
+    big = gro_buffer(segments(random.Random(9).randbytes(mss * 64), mss, 0, psh_last=False)[:64])
+    assert not gro.continues(big[0], big[1], small, small_n, small_step)  # over 64 KB together

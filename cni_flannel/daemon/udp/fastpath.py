@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.forwarder import BUFSIZE, Drain, Forwarder, _read_failed, from_peers, inbound_drop
-from cni_flannel.daemon.udp.gro import lone_header, run_iov, tcp_runs, tso_header, whole_run
+from cni_flannel.daemon.udp.gro import ACK, continues, lone_header, run_iov, tcp_runs, tso_header, whole_run
 from cni_flannel.daemon.udp.offload import (SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO_ECN, UDP_GRO, UDP_SEGMENT,
                                             VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
                                             complete_csum)
@@ -204,79 +204,122 @@ class OffloadForwarder(Forwarder):
         return drain
 
     def _udp_to_tun_drain(self) -> Drain:
-        buf = bytearray(BUFSIZE)
-        mv = memoryview(buf)
-        recv = functools.partial(self.sock.recvmsg_into, [buf], socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+        # Two receive buffers: a whole run waiting for its continuation (gro.continues) stays
+        # in one while the next datagram train lands in the other.
+        bufs = (bytearray(BUFSIZE), bytearray(BUFSIZE))
+        mvs = (memoryview(bufs[0]), memoryview(bufs[1]))
+        recvs = tuple(functools.partial(self.sock.recvmsg_into, [b], socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+                      for b in bufs)
+        into = [0]  # the buffer the next train goes into
         writev = os.writev
         own_net, own_mask, mtu = self.own_net, self.own_mask, self.mtu
 
-        def write(fd: int, off: int, size: int, count: int, n: int, step: int, drops: Dict[str, int]) -> int:
+        def recv() -> Tuple[int, list, int, Addr]:
+            return recvs[into[0]]()
+
+        def write(mv: memoryview, fd: int, off: int, size: int, count: int, n: int, step: int,
+                  drops: Dict[str, int], more: Optional[Tuple[memoryview, int]] = None) -> int:
             """Write ``count`` datagrams from mv[off:] (``size`` bytes the first) to flannel0:
-            one packet as it is, a run as one TSO packet; the packets written."""
+            one packet as it is, a run as one TSO packet (with ``more``: (buffer, length),
+            a whole run continuing it); the packets written."""
             why = inbound_drop(mv[off:off + size], size, own_net, own_mask, mtu)
             if why is not None:  # a run's segments repeat the first one's header
                 drops[why] = drops.get(why, 0) + count
                 return 0
             try:
-                if count == 1:
+                if count == 1 and more is None:
                     one = mv[off:off + size]
                     decrement_ttl(one)  # cannot fail: inbound_drop checked the TTL
                     writev(fd, [lone_header(mv, off, size), one])
+                    return 1
+                hl = 20 + (mv[off + 32] >> 4) * 4
+                first = off // step
+                last = (first + count - 1) * step
+                if first == 0 and last + step >= n:  # the whole buffer: payload slices made once
+                    iov = payloads_of(mv, step, hl)[:count - 1]
+                    iov.append(mv[last + hl:n])
                 else:
-                    first = off // step
-                    last = (first + count - 1) * step
-                    if first == 0 and last + step >= n:  # the whole buffer: payload slices made once
-                        iov = payloads_of(step, (mv[32] >> 4) * 4 + 20)[:count - 1]
-                        iov.append(mv[last + 20 + (mv[32] >> 4) * 4:n])
-                    else:
-                        iov = run_iov(mv, n, step, first, count)
-                    payload = min(n, last + step) - off - count * (20 + (mv[off + 32] >> 4) * 4)
-                    writev(fd, [tso_header(mv, off, payload, mv[last + 33])] + iov)
+                    iov = run_iov(mv, n, step, first, count)
+                payload = min(n, last + step) - off - count * hl
+                flags = mv[last + 33]
+                if more is not None:  # ``mv``'s run is all full-size: then ``more``'s
+                    q, q_n = more
+                    q_count = -(-q_n // step)
+                    q_last = (q_count - 1) * step
+                    iov += payloads_of(q, step, hl)[:q_count - 1]
+                    iov.append(q[q_last + hl:q_n])
+                    payload += q_n - q_count * hl
+                    flags = q[q_last + 33]
+                    count += q_count
+                writev(fd, [tso_header(mv, off, payload, flags)] + iov)
             except OSError:
                 drops[C.IO_ERROR] = drops.get(C.IO_ERROR, 0) + count
                 return 0
             return count
 
-        slices: Dict[Tuple[int, int], Tuple[List[memoryview], List[memoryview]]] = {}
+        slices: Dict[Tuple[int, int, int], Tuple[List[memoryview], List[memoryview]]] = {}
 
-        def slices_of(step: int, hl: int) -> Tuple[List[memoryview], List[memoryview]]:
+        def slices_of(mv: memoryview, step: int, hl: int) -> Tuple[List[memoryview], List[memoryview]]:
             """The buffer's headers and payloads for datagrams of ``step`` bytes with ``hl``-byte
-            headers: memoryview slices made once per (step, hl), not once per run."""
-            got = slices.get((step, hl))
+            headers: memoryview slices made once per buffer, step and hl, not once per run."""
+            key = (0 if mv is mvs[0] else 1, step, hl)
+            got = slices.get(key)
             if got is None:
                 if len(slices) > 64:
                     slices.clear()
                 offs = range(0, BUFSIZE - step + 1, step)
-                got = slices[(step, hl)] = ([mv[o:o + hl] for o in offs], [mv[o + hl:o + step] for o in offs])
+                got = slices[key] = ([mv[o:o + hl] for o in offs], [mv[o + hl:o + step] for o in offs])
             return got
 
-        def payloads_of(step: int, hl: int) -> List[memoryview]:
-            return slices_of(step, hl)[1]
+        def payloads_of(mv: memoryview, step: int, hl: int) -> List[memoryview]:
+            return slices_of(mv, step, hl)[1]
 
         def drain(fd: int, table: PeerTable, drops: Dict[str, int]) -> Tuple[int, int, int]:
-            packets = nbytes = batched = 0
-            for n, anc, _, _ in from_peers(recv, table.sources, drops):
+            moved = [0, 0, 0]  # packets, bytes, batched
+            held: Optional[Tuple[memoryview, int, int, Addr]] = None  # a whole run: buffer, length, step, peer
+
+            def put(mv: memoryview, off: int, count: int, n: int, step: int,
+                    more: Optional[Tuple[memoryview, int]] = None) -> None:
+                done = write(mv, fd, off, min(step, n - off), count, n, step, drops, more)
+                if done:
+                    moved[0] += done
+                    moved[1] += min(n, off + count * step) - off + (more[1] if more else 0)
+                    moved[2] += done if done > 1 else 0
+
+            for n, anc, _, peer in from_peers(recv, table.sources, drops):
+                mv = mvs[into[0]]
                 gso = 0
                 for level, kind, data in anc:
                     if level == SOL_UDP and kind == UDP_GRO:
                         gso = int.from_bytes(data, sys.byteorder)
+                hl = 20 + (mv[32] >> 4) * 4 if n >= 40 and mv[0] == 0x45 else 0
+                whole = (0 < gso < n and 40 <= hl < gso and whole_run(mv, n, gso, slices_of(mv, gso, hl)[0]))
+                if held is not None:
+                    p, p_n, p_step, p_peer = held
+                    held = None
+                    if whole and p_step == gso and p_peer == peer and 20 + (p[32] >> 4) * 4 == hl \
+                            and continues(p, p_n, mv, n, gso):
+                        put(p, 0, p_n // gso, p_n, gso, (mv, n))
+                        continue
+                    put(p, 0, p_n // p_step, p_n, p_step)
                 if not 0 < gso < n:
-                    moved = write(fd, 0, n, 1, n, n or 1, drops)
-                    packets += moved
-                    nbytes += n if moved else 0
+                    put(mv, 0, 1, n, n or 1)
                     continue
-                hl = 20 + (buf[32] >> 4) * 4 if n >= 40 and buf[0] == 0x45 else 0
-                if hl and 40 <= hl < gso and whole_run(mv, n, gso, slices_of(gso, hl)[0]):
-                    runs: List[Tuple[int, int]] = [(0, -(-n // gso))]
+                if whole:
+                    count = -(-n // gso)
+                    if n == count * gso and mv[n - gso + 33] == ACK:  # full-size, no PSH: may go on
+                        held = (mv, n, gso, peer)
+                        into[0] ^= 1
+                        continue
+                    runs: List[Tuple[int, int]] = [(0, count)]
                 else:
                     runs = tcp_runs(mv, n, gso)
                 for first, count in runs:
-                    off = first * gso
-                    moved = write(fd, off, min(gso, n - off), count, n, gso, drops)
-                    packets += moved
-                    nbytes += min(n, off + count * gso) - off if moved else 0
-                    batched += moved if moved > 1 else 0
-            return packets, nbytes, batched
+                    put(mv, first * gso, count, n, gso)
+            if held is not None:
+                p, p_n, p_step, _ = held
+                put(p, 0, p_n // p_step, p_n, p_step)
+            return moved
 
         return drain
 

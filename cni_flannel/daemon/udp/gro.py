@@ -151,6 +151,25 @@ def whole_run(buf: Buffer, n: int, step: int, headers: Sequence[Buffer]) -> bool
     return got == want
 
 
+def continues(p: Buffer, p_n: int, q: Buffer, q_n: int, step: int) -> bool:
+    """Whether the whole run in ``q[:q_n]`` (whole_run said so) carries on the whole run in
+    ``p[:p_n]`` (its segments all full-size, the last ACK only) as one TSO packet: the same
+    flow and header (id and checksums aside, as the kernel's GRO), the sequence number right
+    after p's last segment, and both together within 64 KB.  The two halves of one TSO
+    super-packet a sender had to send in two datagram trains (65,507 bytes a sendmsg) are
+    written into flannel0 as one packet again: one trip through the stack, one ACK."""
+    hl = 20 + (p[32] >> 4) * 4
+    mss = step - hl
+    count_p = p_n // step
+    q_count = -(-q_n // step)
+    if hl + count_p * mss + q_n - q_count * hl > MAX_IP_PACKET:
+        return False
+    if int.from_bytes(q[24:28], "big") != (int.from_bytes(p[24:28], "big") + count_p * mss) % _SEQ_MOD:
+        return False
+    return (q[0:2] == p[0:2] and q[6:10] == p[6:10] and q[12:24] == p[12:24] and q[28:33] == p[28:33]
+            and q[34:36] == p[34:36] and q[38:hl] == p[38:hl])
+
+
 def tso_header(buf: Buffer, off: int, payload: int, last_flags: int) -> bytes:
     """The virtio_net_hdr and joined IP/TCP header for a run whose first segment is at
     ``buf[off:]`` and whose payloads total ``payload`` bytes: total length, TTL − 1, a fresh
