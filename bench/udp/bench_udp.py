@@ -9,7 +9,7 @@ tests/integration/test_daemon_backends.py), one pod per node.  "veth" is the flo
 namespaces joined by one veth pair, no bridge, no encapsulation.  iperf3 (one TCP stream, pod 1
 -> pod 2, ``--runs`` runs of ``--seconds``) and ping (50 x 10 ms, pod 1 -> pod 2).
 
-``--profile`` also runs the udp pair once more with the forwarder threads under cProfile
+``--profile`` also runs the udp pair once more with the forwarding thread under cProfile
 (CNI_FLANNEL_UDP_PROFILE) and prints where each thread's time goes (bench/results/profile/udp.*).
 """
 from __future__ import annotations
@@ -163,10 +163,10 @@ def show_profile(prefix: str, top: int = 14) -> Dict[str, List[str]]:
         (PROFILE_DIR / f"{name}.txt").write_text(head + "\n" + "\n".join(lines) + "\n")
         combined += [head, *lines, ""]
         path.unlink()
-    note = ("# bench/udp/bench_udp.py --profile: the forwarding threads under cProfile (CPU time;\n"
-            "# n1 sends the iperf3 stream: tun2udp encapsulates it, udp2tun carries its ACKs back;\n"
-            "# n2 receives: udp2tun decapsulates, tun2udp sends the ACKs). cProfile inflates the\n"
-            "# cost of Python calls; the unprofiled CPU per packet is in the bench JSON.\n")
+    note = ("# bench/udp/bench_udp.py --profile: the forwarding thread of each node under cProfile\n"
+            "# (CPU time; n1 sends the iperf3 stream and takes its ACKs back, n2 receives it and\n"
+            "# sends the ACKs). cProfile inflates the cost of calls into C; the unprofiled CPU per\n"
+            "# packet is in the bench JSON.\n")
     (PROFILE_DIR.parent / "udp-profile.txt").write_text(note + "\n".join(combined))
     return out
 
