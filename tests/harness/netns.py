@@ -266,6 +266,7 @@ class Lab:
         steps += [node._destroy for node in self.nodes.values()]
         if self.underlay:
             steps.append(lambda: remove_netns(self.underlay))
+        steps.append(self._sweep)
         steps.append(lambda: remove_run_dir(self.run_dir))
         errors = []
         for step in steps:
@@ -276,6 +277,13 @@ class Lab:
         self._finalizers, self.nodes = [], {}
         if errors:
             raise errors[0]
+
+    def _sweep(self) -> None:
+        """Namespaces of this lab that nothing tracks: an interrupt (the reliability runner's
+        SIGTERM) can land after ``ip netns add`` made one and before its Node/Pod was kept."""
+        for name in netns_names():
+            if name.startswith(self.prefix + "-"):
+                remove_netns(name)
 
     def _ensure_run_dir(self) -> None:
         # Mount-namespace files must live on a private mount.
