@@ -90,27 +90,27 @@ class OffloadForwarder(Forwarder):
         hmv = memoryview(hbuf)
         pieces_for: Dict[Tuple[int, int, int], List[memoryview]] = {}
 
-        def iov_for(cut: tso.TcpCut, n: int, first: int, k: int) -> List[memoryview]:
+        def iov_for(cut: tso.TcpCut, n: int, first: int, k: int, at: int) -> List[memoryview]:
             """header, payload, header, payload ...: segments ``first`` .. ``first + k - 1``
-            of the super-packet smv[:n] with their headers in hbuf, for one sendmsg (the
-            slices are made once per header size, MSS and share)."""
+            of the super-packet smv[:n], their headers in hbuf from header slot ``at`` on,
+            for one sendmsg (the slices are made once per header size, MSS and share)."""
             hl, mss = cut.hl, cut.mss
-            key = (hl, mss, first)
+            key = (hl, mss, first, at)
             pieces = pieces_for.get(key)
             if pieces is None:
                 if len(pieces_for) > 64:
                     pieces_for.clear()
                 pieces = pieces_for[key] = []
-                for j in range(MAX_SEGMENTS):
+                for j in range(min(MAX_SEGMENTS, len(hbuf) // hl - at)):
                     src = hl + (first + j) * mss
                     if src + mss > BUFSIZE:
                         break
-                    pieces += (hmv[j * hl:(j + 1) * hl], smv[src:src + mss])
+                    pieces += (hmv[(at + j) * hl:(at + j + 1) * hl], smv[src:src + mss])
             if first + k < cut.count:
                 return pieces[:2 * k]
             j = k - 1
             src = hl + (first + j) * mss
-            return pieces[:2 * j] + [hmv[j * hl:(j + 1) * hl], smv[src:n]]
+            return pieces[:2 * j] + [hmv[(at + j) * hl:(at + j + 1) * hl], smv[src:n]]
 
         def cut_and_send(pkt: memoryview, n: int, vh: bytearray, fd: int, table: PeerTable,
                          drops: Dict[str, int], moved: List[int]) -> None:
@@ -128,13 +128,16 @@ class OffloadForwarder(Forwarder):
                 return
             partial = addr in table.partial
             per_send = min(MAX_SEGMENTS, MAX_UDP_PAYLOAD // cut.size)
+            # every header at once where they fit hbuf (a 64 KB packet: ~46), else per share
+            whole = partial and cut.count * cut.hl <= len(hbuf) and cut.headers(hmv, 0, cut.count)
             i = 0
             while i < cut.count:
                 k = min(cut.count - i, per_send)
-                if partial and cut.headers(hmv, i, k):
+                if whole or (partial and cut.headers(hmv, i, k)):
                     size = k * cut.hl + (min(n, cut.hl + (i + k) * mss) - cut.hl - i * mss)
                     # one buffer: the kernel copies 88 small pieces slower than join does
-                    if send_iov([join(iov_for(cut, n, i, k))], size, cut.size, k, addr, drops, moved):
+                    iov = iov_for(cut, n, i, k, i if whole else 0)
+                    if send_iov([join(iov)], size, cut.size, k, addr, drops, moved):
                         moved[3] += k
                 else:  # full checksums (a peer without our offloads), or a field wraps
                     end = cut.write(out, 0, i, k, not partial)
