@@ -96,7 +96,7 @@ def test_setup_refuses_leases_it_cannot_carry_before_touching_the_node():
 
 
 def test_a_forwarding_loop_that_dies_of_a_bug_is_restarted(caplog):
-    from cni_flannel.daemon.udp.forwarder import _thread_main
+    from cni_flannel.daemon.udp.threads import thread_main
     calls = []
 
     def loop():
@@ -104,11 +104,11 @@ def test_a_forwarding_loop_that_dies_of_a_bug_is_restarted(caplog):
         if len(calls) < 3:
             raise ZeroDivisionError("a bug")
 
-    _thread_main(loop, "udp-test", lambda: False, pause=0)()
+    thread_main(loop, "udp-test", lambda: False, pause=0)()
     assert len(calls) == 3
     assert caplog.text.count("udp forwarder udp-test failed; restarting it") == 2
     calls.clear()
-    _thread_main(loop, "udp-test", lambda: True, pause=0)()  # stopping: no restart
+    thread_main(loop, "udp-test", lambda: True, pause=0)()  # stopping: no restart
     assert len(calls) == 1
 
 

@@ -43,15 +43,12 @@ from cni_flannel.daemon.udp.offload import complete_csum
 from cni_flannel.daemon.udp.packet import (Buffer, check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT,
                                            TTL_EXPIRED)
 from cni_flannel.daemon.udp.routes import Addr, PeerTable
+from cni_flannel.daemon.udp.threads import thread_main, tune_gc
 
 log = logging.getLogger("cni_flannel.daemon.udp")
 
-PROFILE_ENV = "CNI_FLANNEL_UDP_PROFILE"  # bench/udp: cProfile each loop into <value>.<thread>
-NICE_ENV = "FLANNELD_UDP_NICE"
 THREADS_ENV = "FLANNELD_UDP_THREADS"  # "2": a thread per direction (default: one for both)
-DATA_PLANE_NICE = -10
 BUFSIZE = 65536          # any datagram fits, so an oversized one is seen whole and counted
-GC_YOUNG = 20000         # the cyclic collector's young-generation threshold while forwarding (_tune_gc)
 LOG_EVERY = 60.0         # seconds between counter log lines (only when something changed)
 RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", 1)  # Linux; the constant is 1
 _GONE = (errno.EBADFD, errno.EIO, errno.ENXIO, errno.EBADF, errno.ENODEV)
@@ -82,12 +79,12 @@ class Forwarder:
 
     # --- control (called from the backend's thread) ----------------------------------
     def start(self) -> None:
-        _tune_gc()
+        tune_gc()
         pairs: Tuple[Tuple[Callable[[], None], str], ...] = ((self._both_ways, "udp-forward"),)
         if os.environ.get(THREADS_ENV) == "2":
             pairs = ((self._tun_to_udp, "udp-tun2udp"), (self._udp_to_tun, "udp-udp2tun"))
         for target, name in pairs:
-            t = threading.Thread(target=_thread_main(target, name, lambda: self._stopping), name=name, daemon=True)
+            t = threading.Thread(target=thread_main(target, name, lambda: self._stopping), name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -348,61 +345,6 @@ def inbound_drop(p: Buffer, size: int, own_net: int, own_mask: int, mtu: int) ->
     if why is None and p[8] <= 1:
         why = TTL_EXPIRED
     return why
-
-
-def _thread_main(target: Callable[[], None], name: str, stopping: Callable[[], bool],
-                 pause: float = 1.0) -> Callable[[], None]:
-    """The body of a forwarding thread: raised priority, optional profiling (PROFILE_ENV), and
-    supervision - a loop that dies of a bug is logged with its traceback and started again, so
-    the node's data plane never silently stops while the daemon looks healthy."""
-    path = os.environ.get(PROFILE_ENV)
-
-    def supervised() -> None:
-        _raise_priority(name)
-        while True:
-            try:
-                target()
-                return
-            except Exception:  # noqa: BLE001 - a bug; the traffic must keep flowing
-                log.exception("udp forwarder %s failed; restarting it", name)
-                if stopping():
-                    return
-                time.sleep(pause)
-
-    if not path:
-        return supervised
-
-    def profiled() -> None:
-        import cProfile
-        prof = cProfile.Profile(time.thread_time)  # CPU time: waiting for a CPU is not work
-        try:
-            prof.runcall(supervised)
-        finally:
-            prof.dump_stats(f"{path}.{name}")
-    return profiled
-
-
-def _tune_gc() -> None:
-    """The forwarding loop allocates small acyclic objects (tuples, slices) per batch, which
-    the cyclic collector's young generation then scans every 700 allocations: everything
-    the daemon holds so far is frozen out of the scans and the young generation is collected
-    every 20,000.  Measured (bench/udp, 2 pairs): forwarder CPU per packet -3 to -5 %."""
-    import gc
-    gc.collect()  # garbage now would otherwise be frozen with the rest, never freed
-    gc.freeze()
-    if gc.get_threshold()[0] < GC_YOUNG:
-        gc.set_threshold(GC_YOUNG, 50, 100)
-
-
-def _raise_priority(name: str) -> None:
-    """Run the forwarding thread at nice DATA_PLANE_NICE: vxlan's and host-gw's data planes run
-    in softirq context, ahead of every process; a userspace data plane left at nice 0 gets a
-    busy node's leftovers and queues pods' packets for tens of milliseconds."""
-    nice = int(os.environ.get(NICE_ENV, DATA_PLANE_NICE))
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError as exc:  # no CAP_SYS_NICE: run at the daemon's priority
-        log.info("udp forwarder %s: cannot set nice %d (%s)", name, nice, exc.strerror)
 
 
 def _read_failed(exc: OSError, drops: Dict[str, int]) -> None:
