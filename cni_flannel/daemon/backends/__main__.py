@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import logging
+import resource
 import sys
 from typing import Any, Dict
 

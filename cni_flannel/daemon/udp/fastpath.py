@@ -30,14 +30,13 @@ from typing import Dict, List, Optional, Tuple
 from cni_flannel.daemon.udp import counters as C
 from cni_flannel.daemon.udp.forwarder import BUFSIZE, Drain, Forwarder, _read_failed, from_peers, inbound_drop
 from cni_flannel.daemon.udp.gro import ACK, continues, lone_header, run_iov, tcp_runs, tso_header, whole_run
-from cni_flannel.daemon.udp.offload import (SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO_ECN, UDP_GRO, UDP_SEGMENT,
-                                            VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
-                                            complete_csum)
+from cni_flannel.daemon.udp.offload import (NO_VNET, SOL_UDP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO_ECN, UDP_GRO,
+                                            UDP_SEGMENT, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+                                            VNET_HDR_LEN, complete_csum)
 from cni_flannel.daemon.udp import tso
 from cni_flannel.daemon.udp.packet import BAD_HEADER, TTL_EXPIRED, decrement_ttl
 from cni_flannel.daemon.udp.routes import Addr, PeerTable
 
-ZERO_VNET = bytes(VNET_HDR_LEN)  # what we write before a lone packet: no GSO, no checksum to do
 TUN_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN  # TUNSETOFFLOAD for flannel0 (see above)
 _VNET = struct.Struct("<BBHHHH")
 _SEG = struct.Struct("=H")
@@ -50,7 +49,7 @@ class OffloadForwarder(Forwarder):
 
     def _write_tun(self, fd: int, packet: bytes) -> None:
         try:
-            os.writev(fd, [ZERO_VNET, packet])
+            os.writev(fd, [NO_VNET, packet])
         except OSError:
             pass
 

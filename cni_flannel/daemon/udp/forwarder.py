@@ -38,8 +38,8 @@ import time
 from typing import Any, Callable, Container, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cni_flannel.daemon.udp import counters as C
-from cni_flannel.daemon.udp.gro import NO_VNET, lone_header
-from cni_flannel.daemon.udp.offload import complete_csum
+from cni_flannel.daemon.udp.gro import lone_header
+from cni_flannel.daemon.udp.offload import NO_VNET, complete_csum
 from cni_flannel.daemon.udp.packet import (Buffer, check_ipv4, decrement_ttl, net_unreachable, NOT_IPV4, SHORT,
                                            TTL_EXPIRED)
 from cni_flannel.daemon.udp.routes import Addr, PeerTable
@@ -129,11 +129,7 @@ class Forwarder:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         while not self._stopping:
-            if fd != self.tun_fd:  # first round, or flannel0 was recreated
-                if fd >= 0:
-                    _unregister(poller, fd)
-                fd = self.tun_fd
-                poller.register(fd, select.POLLIN)
+            fd = self._follow_tun(poller, fd)
             for rfd, _ in poller.poll(1000):
                 if rfd == self._wake_r:
                     _drain_pipe(rfd)
@@ -142,6 +138,16 @@ class Forwarder:
                 self.log_counters()
                 next_log = now + LOG_EVERY
             yield fd
+
+    def _follow_tun(self, poller: "select.poll", fd: int) -> int:
+        """flannel0's current fd, registered with ``poller`` in place of ``fd`` when it changed
+        (first round, or flannel0 was recreated)."""
+        if fd != self.tun_fd:
+            if fd >= 0:
+                _unregister(poller, fd)
+            fd = self.tun_fd
+            poller.register(fd, select.POLLIN)
+        return fd
 
     def _udp_wakeups(self) -> Iterator[int]:
         """Yield flannel0's current fd each time the socket may have datagrams."""
@@ -160,8 +166,7 @@ class Forwarder:
             drops: Dict[str, int] = {}
             moved = drain(fd, self.table, drops)
             ru = usage(RUSAGE_THREAD)
-            stats.add(moved[0], moved[1], drops, ru.ru_utime + ru.ru_stime, moved[2] if len(moved) > 2 else 0,
-                      ru.ru_stime, moved[3] if len(moved) > 3 else 0)
+            _count(stats, moved, drops, ru.ru_utime + ru.ru_stime, ru.ru_stime)
 
     def _tun_to_udp(self) -> None:
         self._pump(self._tun_wakeups(), self.counters.tun_to_udp, self._tun_to_udp_drain())
@@ -186,11 +191,7 @@ class Forwarder:
         next_log = time.monotonic() + LOG_EVERY
         fd = -1
         while not self._stopping:
-            if fd != self.tun_fd:
-                if fd >= 0:
-                    _unregister(poller, fd)
-                fd = self.tun_fd
-                poller.register(fd, select.POLLIN)
+            fd = self._follow_tun(poller, fd)
             moved_out = moved_in = None
             drops_out: Dict[str, int] = {}
             drops_in: Dict[str, int] = {}
@@ -214,11 +215,10 @@ class Forwarder:
                 spent[1] += system * share
                 spent[2] += cpu * (1 - share)
                 spent[3] += system * (1 - share)
-                for moved, drops, stats, c, sysc in ((moved_out, drops_out, out_stats, spent[0], spent[1]),
-                                                     (moved_in, drops_in, in_stats, spent[2], spent[3])):
-                    if moved is not None:
-                        stats.add(moved[0], moved[1], drops, c, moved[2] if len(moved) > 2 else 0,
-                                  sysc, moved[3] if len(moved) > 3 else 0)
+                if moved_out is not None:
+                    _count(out_stats, moved_out, drops_out, spent[0], spent[1])
+                if moved_in is not None:
+                    _count(in_stats, moved_in, drops_in, spent[2], spent[3])
             now_t = time.monotonic()
             if now_t >= next_log:
                 self.log_counters()
@@ -345,6 +345,12 @@ def inbound_drop(p: Buffer, size: int, own_net: int, own_mask: int, mtu: int) ->
     if why is None and p[8] <= 1:
         why = TTL_EXPIRED
     return why
+
+
+def _count(stats: C.Direction, moved: Sequence[int], drops: Dict[str, int], cpu: float, system: float) -> None:
+    """A drain's result (packets, bytes[, batched[, partial checksums]]) into its counters."""
+    stats.add(moved[0], moved[1], drops, cpu, moved[2] if len(moved) > 2 else 0, system,
+              moved[3] if len(moved) > 3 else 0)
 
 
 def _read_failed(exc: OSError, drops: Dict[str, int]) -> None:

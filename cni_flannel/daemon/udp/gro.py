@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from typing import Dict, List, Sequence, Tuple
 
-from cni_flannel.daemon.udp.offload import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
+from cni_flannel.daemon.udp.offload import NO_VNET, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
 from cni_flannel.daemon.udp.tso import seq_ramp
 
 Buffer = memoryview
@@ -42,7 +42,6 @@ _PIECES = 6
 _VNET = struct.Struct("<BBHHHH")
 _join = b"".join
 _ZEROS16 = memoryview(bytes(2 * 128)).cast("H")
-NO_VNET = bytes(_VNET.size)
 _cache: Dict[Tuple[int, int, int], Tuple[struct.Struct, struct.Struct]] = {}
 
 

@@ -13,6 +13,7 @@ so the summing runs in C (int.from_bytes) and never in a Python loop.
 from __future__ import annotations
 
 VNET_HDR_LEN = 10
+NO_VNET = bytes(VNET_HDR_LEN)  # before a packet written as it is: no GSO, no checksum to do
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_NONE = 0
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
